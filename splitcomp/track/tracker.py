@@ -1,0 +1,140 @@
+"""MLflow logging: one MLflow run per experiment run, in an embedded SQLite store by default."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from splitcomp.errors import ConfigError, PeerError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402  (after the telemetry switch)
+
+_MAX_PARAM_LEN = 500  # MLflow's limit on a param value (older stores: 250/500)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become their string form."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``MLFLOW_TRACKING_URI`` wins over the config; a relative sqlite path gets its folder made."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///outputs/mlflow.db"
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+class Tracker:
+    """A thin wrapper over one active MLflow run; every logging call of the package goes here."""
+
+    def __init__(self, run: mlflow.ActiveRun) -> None:
+        self.run = run
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    @property
+    def experiment_id(self) -> str:
+        return self.run.info.experiment_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        clean = {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(params).items()}
+        items = list(clean.items())
+        for i in range(0, len(items), 100):  # MLflow caps one batch at 100 params
+            mlflow.log_params(dict(items[i : i + 100]))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        numeric = {k: float(v) for k, v in metrics.items() if v is not None}
+        if numeric:
+            mlflow.log_metrics(numeric, step=step)
+
+    def log_series(self, name: str, values: list[float], timestamps_ms: list[int] | None = None) -> None:
+        """A per-step metric series (one value per request) in a single batched call."""
+        from mlflow.entities import Metric
+
+        stamps = timestamps_ms or [0] * len(values)
+        metrics = [Metric(name, float(v), int(ts), step) for step, (v, ts) in enumerate(zip(values, stamps))]
+        client = mlflow.MlflowClient()
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=subdir)
+
+    def log_text(self, text: str, name: str) -> None:
+        mlflow.log_text(text, name)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        mlflow.log_figure(figure, name)
+
+    def log_records(self, records: list[Mapping[str, Any]], name: str = "records.csv") -> None:
+        """Per-request records as a CSV artifact."""
+        import pandas as pd
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            pd.DataFrame(list(records)).to_csv(path, index=False)
+            mlflow.log_artifact(str(path))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@contextmanager
+def start_run(
+    uri: str | None = None,
+    experiment: str = "splitcomp",
+    run_name: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    nested: bool = False,
+    parent_run_id: str | None = None,
+) -> Iterator[Tracker]:
+    """Open an MLflow run; it ends FINISHED, FAILED on an exception, KILLED on Ctrl-C."""
+    tracking_uri = resolve_tracking_uri(uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        mlflow.set_experiment(experiment)
+    except Exception as exc:  # connection refused, bad URI, ...
+        raise PeerError(f"cannot reach the MLflow tracking store at {tracking_uri} ({exc}); "
+                        "check tracking.uri or MLFLOW_TRACKING_URI") from None
+    run_tags = dict(tags or {})
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(run_name=run_name, nested=nested, tags={k: str(v) for k, v in run_tags.items()}) as run:
+        tracker = Tracker(run)
+        if params:
+            tracker.log_params(params)
+        try:
+            yield tracker
+        except KeyboardInterrupt:
+            mlflow.end_run(status="KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+
+
+def start_run_from_config(tracking_cfg: Mapping[str, Any], config: Mapping[str, Any] | None = None,
+                          run_name: str | None = None, **kwargs: Any) -> Any:
+    """``start_run`` with ``tracking.uri`` / ``tracking.experiment`` taken from the config group and
+    the flattened full config logged as params."""
+    if "experiment" not in tracking_cfg:
+        raise ConfigError("tracking.experiment is missing; set it to the MLflow experiment name")
+    return start_run(uri=tracking_cfg.get("uri"), experiment=tracking_cfg["experiment"], run_name=run_name,
+                     params=config, **kwargs)
