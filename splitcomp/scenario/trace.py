@@ -7,6 +7,7 @@ never left without a rate. Rates are bit/s, times and RTTs seconds.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,11 +15,21 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Trace:
+    """A data-rate step function over scenario time.
+
+    ``format``, ``source`` and ``skipped_rows`` describe where a loaded trace came from (the
+    reader that parsed it, the file, and how many malformed rows it dropped); they are carried
+    through :meth:`window` and :meth:`scaled` and are empty for synthetic traces.
+    """
+
     times: np.ndarray
     rates_bps: np.ndarray
     duration: float
     rtts_s: np.ndarray | None = None
     name: str = "trace"
+    format: str = ""
+    source: str = ""
+    skipped_rows: int = 0
 
     def __post_init__(self) -> None:
         times = np.asarray(self.times, dtype=float)
@@ -35,10 +46,15 @@ class Trace:
             rtts = np.asarray(self.rtts_s, dtype=float)
             if rtts.shape != times.shape:
                 raise ValueError(f"trace {self.name!r}: rtts_s must have one value per sample")
+            if np.any(~np.isfinite(rtts)) or np.any(rtts < 0):
+                raise ValueError(f"trace {self.name!r}: rtts_s must be finite and non-negative")
             object.__setattr__(self, "rtts_s", rtts)
         object.__setattr__(self, "times", times)
         object.__setattr__(self, "rates_bps", rates)
         object.__setattr__(self, "duration", float(self.duration))
+        # bits carried from 0 to each sample boundary: makes bits_between/transfer_time O(log n)
+        widths = np.diff(np.append(times, self.duration))
+        object.__setattr__(self, "_cum_bits", np.concatenate([[0.0], np.cumsum(widths * rates)]))
 
     # --- reading the trace ---------------------------------------------------------------
     @property
@@ -49,7 +65,7 @@ class Trace:
     @property
     def time_weighted_mean_rate_bps(self) -> float:
         """Mean rate over time: what a long transfer sees on average."""
-        return float(np.sum(self._widths() * self.rates_bps) / self.duration)
+        return float(self._cum_bits[-1] / self.duration)
 
     def _widths(self) -> np.ndarray:
         return np.diff(np.append(self.times, self.duration))
@@ -61,6 +77,11 @@ class Trace:
         """Data rate in bit/s at scenario time ``t`` (looping past the end)."""
         return float(self.rates_bps[self._index(t)])
 
+    def rates_at(self, t: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`rate_at` for an array of times."""
+        idx = np.searchsorted(self.times, np.asarray(t, dtype=float) % self.duration, side="right") - 1
+        return self.rates_bps[idx]
+
     def rtt_at(self, t: float) -> float | None:
         """RTT in seconds at time ``t``, or None when the trace has no RTT."""
         return None if self.rtts_s is None else float(self.rtts_s[self._index(t)])
@@ -70,11 +91,10 @@ class Trace:
         return self._cumulative_bits(t1) - self._cumulative_bits(t0)
 
     def _cumulative_bits(self, t: float) -> float:
-        bits_per_loop = float(np.sum(self._widths() * self.rates_bps))
         loops, rest = divmod(t, self.duration)
         i = self._index(rest)
-        before = float(np.sum(self._widths()[:i] * self.rates_bps[:i]))
-        return loops * bits_per_loop + before + (rest - self.times[i]) * self.rates_bps[i]
+        within = self._cum_bits[i] + (rest - self.times[i]) * self.rates_bps[i]
+        return float(loops * self._cum_bits[-1] + within)
 
     def transfer_time(self, nbytes: int, t0: float, max_time: float = float("inf")) -> float:
         """Seconds needed to send ``nbytes`` starting at ``t0`` while the rate follows the trace.
@@ -85,26 +105,17 @@ class Trace:
         bits = 8.0 * nbytes
         if bits <= 0:
             return 0.0
-        bits_per_loop = float(np.sum(self._widths() * self.rates_bps))
-        if bits_per_loop <= 0:
+        per_loop = float(self._cum_bits[-1])
+        if per_loop <= 0:
             return float("inf")
-        t = t0
-        while bits > 0:
-            rate = self.rate_at(t)
-            i = self._index(t)
-            seg_end_in_loop = self.times[i + 1] if i + 1 < len(self.times) else self.duration
-            seg_left = seg_end_in_loop - (t % self.duration)
-            if seg_left <= 1e-12:  # float edge: step into the next sample
-                seg_left = 1e-9
-            if rate * seg_left >= bits:
-                t += bits / rate
-                bits = 0.0
-            else:
-                bits -= rate * seg_left
-                t += seg_left
-            if t - t0 > max_time:
-                return float("inf")
-        return t - t0
+        loops, rest = divmod(self._cumulative_bits(t0) + bits, per_loop)
+        if rest <= 0:  # exactly at a loop boundary: finish at the end of the previous loop
+            loops, rest = loops - 1, per_loop
+        # first boundary carrying at least `rest` bits; the sample before it has a positive rate
+        i = int(np.searchsorted(self._cum_bits, rest, side="left")) - 1
+        t_end = loops * self.duration + self.times[i] + (rest - self._cum_bits[i]) / self.rates_bps[i]
+        elapsed = max(float(t_end - t0), 0.0)
+        return float("inf") if elapsed > max_time else elapsed
 
     # --- reshaping the trace ----------------------------------------------------------------
     def window(self, start: float = 0.0, duration: float | None = None, speedup: float = 1.0) -> Trace:
@@ -118,20 +129,23 @@ class Trace:
         if duration <= 0:
             raise ValueError("window duration must be positive")
         # sample boundaries inside [start, start + duration), unrolled over loops
-        loops = int(np.ceil((start + duration) / self.duration)) + 1
-        offsets = np.concatenate([self.times + k * self.duration for k in range(loops)])
-        inside = offsets[(offsets > start) & (offsets < start + duration)]
-        starts = np.concatenate([[start], inside])
-        rates = np.array([self.rate_at(t) for t in starts])
-        rtts = None if self.rtts_s is None else np.array([self.rtt_at(t) for t in starts])
-        return Trace(
+        first_loop = int(start // self.duration)
+        last_loop = int(np.ceil((start + duration) / self.duration))
+        loops = np.arange(first_loop, last_loop + 1)
+        offsets = (self.times[None, :] + loops[:, None] * self.duration).ravel()
+        sample = np.tile(np.arange(len(self.times)), len(loops))  # known index: no float modulo
+        inside = (offsets > start) & (offsets < start + duration)
+        starts = np.concatenate([[start], offsets[inside]])
+        idx = np.concatenate([[self._index(start)], sample[inside]])
+        return dataclasses.replace(
+            self,
             times=(starts - start) / speedup,
-            rates_bps=rates,
+            rates_bps=self.rates_bps[idx],
             duration=duration / speedup,
-            rtts_s=rtts,
+            rtts_s=None if self.rtts_s is None else self.rtts_s[idx],
             name=f"{self.name}[{start:g}+{duration:g}s x{speedup:g}]",
         )
 
     def scaled(self, factor: float) -> Trace:
         """The same trace with every rate multiplied by ``factor``."""
-        return Trace(self.times, self.rates_bps * factor, self.duration, self.rtts_s, f"{self.name}*{factor:g}")
+        return dataclasses.replace(self, rates_bps=self.rates_bps * factor, name=f"{self.name}*{factor:g}")

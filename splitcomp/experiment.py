@@ -1,0 +1,163 @@
+"""One experiment from a composed config: build the parts, run the policy (and the policies to
+compare with) on the same scenario, and log everything to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from splitcomp.errors import ConfigError
+from splitcomp.profile import get_profiles
+from splitcomp.profile.latency import LatencyModel
+from splitcomp.sim import RunEnv
+from splitcomp.tasks.build import Workload, build_workload
+from splitcomp.track import start_run_from_config
+from splitcomp.track.plots import log_run_plots
+from splitcomp.track.summary import summarize
+
+log = logging.getLogger("splitcomp")
+
+
+@dataclass
+class Scenario:
+    """Everything that is the same for every policy compared in one experiment."""
+
+    work: Workload
+    profiles: Any
+    uplink: Any
+    downlink: Any
+    load_model: Any
+    link: Any
+    dataset: Any
+    n_requests: int
+
+
+def build_scenario(cfg: DictConfig) -> Scenario:
+    work = build_workload(cfg)
+    dataset = instantiate(cfg.dataset)
+    n_requests = int(cfg.runtime.get("n_requests") or len(dataset))
+    if n_requests <= 0:
+        raise ConfigError("the run has no requests: the dataset is empty or dataset.limit is 0")
+    profiles = get_profiles(work.model, work.plan, work.example_input, work.codec, cfg.device, cfg.server,
+                            cfg.profile)
+    uplink = instantiate(cfg.channel)
+    downlink = instantiate(cfg.downlink) if cfg.get("downlink") else None
+    link = instantiate(cfg.link)
+    link.bind(uplink, downlink)
+    return Scenario(work, profiles, uplink, link.downlink_trace, instantiate(cfg.server_load), link, dataset,
+                    n_requests)
+
+
+def make_env(cfg: DictConfig, scenario: Scenario, policy_cfg: Any) -> RunEnv:
+    latency_model = LatencyModel(scenario.profiles, rtt_s=float(cfg.link.get("rtt_s", 0.0) or 0.0),
+                                 one_way_delay_s=scenario.link.one_way_delay_s)
+    env = RunEnv(candidates=list(scenario.profiles.cuts), latency_model=latency_model,
+                 policy=instantiate(policy_cfg), estimator=instantiate(cfg.estimator),
+                 arrivals=instantiate(cfg.arrivals), uplink=scenario.uplink, downlink=scenario.downlink,
+                 load_model=scenario.load_model, n_requests=scenario.n_requests, seed=int(cfg.seed))
+    env.estimator.bind(scenario.uplink) if hasattr(env.estimator, "bind") else None
+    env.policy.prepare(env)
+    return env
+
+
+def policy_config(cfg: DictConfig, name: str) -> Any:
+    """The config of policy ``name`` from conf/policy/NAME.yaml (for the comparison runs)."""
+    path = Path(__file__).resolve().parents[1] / "conf" / "policy" / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"compare_with names an unknown policy {name!r}; see conf/policy/ for the options")
+    return OmegaConf.load(path)
+
+
+def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Run ``cfg.policy`` (and ``cfg.compare_with``) and log to MLflow; returns the summary."""
+    started = time.perf_counter()
+    scenario = build_scenario(cfg)
+    runtime = instantiate(cfg.runtime)
+    policies = {str(cfg.policy.get("name", "policy")): cfg.policy}
+    for name in cfg.get("compare_with") or []:
+        policies.setdefault(str(name), policy_config(cfg, str(name)))
+    tracking = cfg.tracking
+    results: dict[str, dict[str, Any]] = {}
+    with start_run_from_config(tracking, config=config, run_name=tracking.get("run_name")) as tracker:
+        OmegaConf.save(cfg, out_dir / "config.yaml")
+        tracker.log_artifact(out_dir / "config.yaml")
+        with ExitStack() as stack:
+            executor = runtime_executor(cfg, scenario, runtime, stack, out_dir)
+            for i, (name, policy_cfg) in enumerate(policies.items()):
+                env = make_env(cfg, scenario, policy_cfg)
+                records = executor(env)
+                results[name] = {"records": records, "metrics": summarize(records)}
+                if i == 0:
+                    main_name = name
+        main = results[main_name]
+        log_main_run(tracker, main, scenario, out_dir)
+        comparison = log_comparison(tracker, results, main_name, out_dir)
+        tracker.log_metrics({"wall_s": time.perf_counter() - started})
+        print_summary(tracker, main, comparison, tracking)
+    return {"metrics": main["metrics"], "comparison": comparison, "run_id": tracker.run_id}
+
+
+def runtime_executor(cfg: DictConfig, scenario: Scenario, runtime: Any, stack: ExitStack, out_dir: Path) -> Any:
+    """A function env -> records for the configured runtime (sockets set up once, reused)."""
+    if not getattr(runtime, "needs_sockets", False):
+        return runtime.run
+    from splitcomp.runtime.session import open_socket_session
+
+    session = open_socket_session(cfg, scenario, stack, out_dir)
+    return lambda env: runtime.run(env, session.parts(env))
+
+
+def log_main_run(tracker: Any, main: dict[str, Any], scenario: Scenario, out_dir: Path) -> None:
+    records = main["records"]
+    tracker.log_metrics(main["metrics"])
+    tracker.log_records(records, "records.csv")
+    for key in ("rate_trace_bps", "rate_estimate_bps", "server_load", "cut", "predicted_latency_s", "latency_s"):
+        values = [float(r[key]) for r in records if r.get(key) is not None]
+        if values and len(values) == len(records):
+            tracker.log_series(key, values)
+    log_run_plots(tracker, records, scenario.uplink, out_dir)
+
+
+def log_comparison(tracker: Any, results: dict[str, dict[str, Any]], main_name: str, out_dir: Path) -> list[dict]:
+    """One row per policy on the same scenario; latency ratios to the oracle when it ran."""
+    rows = []
+    oracle = results.get("oracle", {}).get("metrics", {}).get("latency_ms_mean")
+    for name, result in results.items():
+        m = result["metrics"]
+        row = {"policy": name, "requests": m.get("requests"), "latency_ms_mean": m.get("latency_ms_mean"),
+               "latency_ms_p95": m.get("latency_ms_p95"), "agreement": m.get("agreement"),
+               "bytes_sent_mean": m.get("bytes_sent_mean")}
+        if oracle:
+            row["mean_over_oracle"] = m.get("latency_ms_mean", float("nan")) / oracle
+        rows.append(row)
+        if name != main_name:
+            tracker.log_metrics({f"{name}_latency_ms_mean": m.get("latency_ms_mean"),
+                                 f"{name}_latency_ms_p95": m.get("latency_ms_p95")})
+    if len(rows) > 1:
+        tracker.log_records(rows, "comparison.csv")
+        from splitcomp.track.plots import log_latency_cdf
+
+        log_latency_cdf(tracker, {n: r["records"] for n, r in results.items()}, out_dir)
+    return rows
+
+
+def print_summary(tracker: Any, main: dict[str, Any], comparison: list[dict], tracking: Any) -> None:
+    m = main["metrics"]
+    if len(comparison) > 1:
+        print("\npolicy          mean ms   p95 ms  x oracle  agreement")
+        for row in comparison:
+            ratio = row.get("mean_over_oracle")
+            print(f"{row['policy']:<14} {row['latency_ms_mean']:8.1f} {row['latency_ms_p95']:8.1f} "
+                  f"{'' if ratio is None else f'{ratio:8.2f}':>9}  {row.get('agreement') if row.get('agreement') is not None else '-'}")
+    accuracy = m.get("accuracy")
+    print(f"\nrun {tracker.run_id}: {int(m['requests'])} requests, latency mean {m['latency_ms_mean']:.1f} ms "
+          f"(p95 {m['latency_ms_p95']:.1f}), agreement {m.get('agreement', float('nan')):.3f}"
+          + (f", accuracy {accuracy:.3f}" if accuracy is not None else "")
+          + f"; view it with: mlflow ui --backend-store-uri {tracking.uri}")

@@ -1,0 +1,297 @@
+"""The device <-> edge server link: scenario clock, pacers and the user-space links.
+
+A :class:`Link` (config group ``link/``) gives one :class:`Pacer` per direction. A pacer writes a
+message on a socket so that it takes as long as the channel trace says it should:
+
+* :class:`LoopbackLink` does not shape at all (plain ``sendall``, no delay).
+* :class:`ShapedLink` paces in user space on the sending side: the message leaves in chunks, and
+  a chunk is written once the trace, integrated from the start of the transfer, has carried every
+  bit up to and including that chunk. Rate changes during a transfer are therefore followed, and
+  outages (rate 0) are waited out up to ``max_transfer_s``.
+* ``splitcomp.link.netns.TcLink`` shapes in the kernel between two network namespaces.
+
+One-way delay is added in user space by every pacer: it sleeps ``delay_s`` before the first byte
+and then shapes from that moment on, so a transfer of ``n`` bytes started at scenario time ``t``
+takes ``delay_s + trace.transfer_time(n, t + delay_s)`` (:meth:`Pacer.expected_seconds`).
+
+Downlink: ``bind(uplink, None)`` gives the downlink the uplink's trace when the link's
+``downlink`` key is ``same`` (the default) and leaves it unshaped (delay only) when it is
+``unshaped``; a downlink trace passed explicitly always wins.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import TracebackType
+
+from splitcomp.errors import ConfigError, PeerError
+from splitcomp.scenario.trace import Trace
+
+LOCALHOST = "127.0.0.1"
+DOWNLINK_MODES = ("same", "unshaped")
+
+
+class LinkTimeout(PeerError, TimeoutError):
+    """A transfer that did not finish within ``max_transfer_s``; the socket is left mid-message,
+    so the caller must close it (and may fall back, e.g. to device-only inference)."""
+
+
+class ScenarioClock:
+    """Scenario time: seconds since ``origin`` (a ``time.time()`` epoch value, so that two
+    processes given the same origin agree), advanced by the monotonic clock."""
+
+    def __init__(self, origin: float | None = None) -> None:
+        wall, mono = time.time(), time.monotonic()
+        self.origin: float = wall if origin is None else float(origin)
+        # Anchor once to the monotonic clock: later wall-clock steps do not move scenario time.
+        self._mono_origin = mono - (wall - self.origin)
+
+    def now(self) -> float:
+        return time.monotonic() - self._mono_origin
+
+    def __repr__(self) -> str:
+        return f"ScenarioClock(origin={self.origin!r})"
+
+
+def sleep_until(clock: ScenarioClock, t: float, spin_s: float = 0.001) -> None:
+    """Wait until ``clock.now() >= t``: sleep for the bulk, spin for the last ``spin_s`` seconds
+    (``time.sleep`` overshoots by ~0.1 ms, which would add up over many chunks)."""
+    left = t - clock.now()
+    if left > spin_s:
+        time.sleep(left - spin_s)
+    while clock.now() < t:
+        pass
+
+
+@dataclass
+class TransferStats:
+    """One message sent by a pacer. ``trace_rate_bps`` is the trace's mean rate over the shaped
+    part of the transfer (bits the trace carried / trace time), NaN when the direction is unshaped."""
+
+    nbytes: int
+    start_t: float
+    end_t: float
+    seconds: float
+    trace_rate_bps: float
+
+
+class Pacer(ABC):
+    """Sends one message at a time on a socket, shaped by ``trace`` (None: unshaped) after a
+    one-way delay of ``delay_s``."""
+
+    def __init__(self, trace: Trace | None, delay_s: float = 0.0) -> None:
+        self.trace = trace
+        self.delay_s = float(delay_s)
+
+    @abstractmethod
+    def send(self, sock: socket.socket, data: bytes | memoryview, clock: ScenarioClock) -> TransferStats:
+        """Write all of ``data`` on ``sock``; returns once the shaping lets the last byte arrive."""
+
+    def expected_seconds(self, nbytes: int, t: float) -> float:
+        """Seconds the shaping makes a transfer of ``nbytes`` started at scenario time ``t`` take,
+        one-way delay included (``inf`` if the trace never carries it)."""
+        if self.trace is None:
+            return self.delay_s
+        return self.delay_s + self.trace.transfer_time(nbytes, t + self.delay_s)
+
+    def _stats(self, nbytes: int, start_t: float, end_t: float) -> TransferStats:
+        return TransferStats(
+            nbytes, start_t, end_t, end_t - start_t, self._trace_rate(start_t + self.delay_s, end_t)
+        )
+
+    def _trace_rate(self, t0: float, t1: float) -> float:
+        if self.trace is None:
+            return math.nan
+        if t1 <= t0:
+            return self.trace.rate_at(t0)
+        return self.trace.bits_between(t0, t1) / (t1 - t0)
+
+
+class UnshapedPacer(Pacer):
+    """Plain ``sendall`` after the one-way delay."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(None, delay_s)
+
+    def send(self, sock: socket.socket, data: bytes | memoryview, clock: ScenarioClock) -> TransferStats:
+        start = clock.now()
+        if self.delay_s > 0:
+            sleep_until(clock, start + self.delay_s)
+        sock.sendall(data)
+        return self._stats(len(memoryview(data).cast("B")), start, clock.now())
+
+
+class TracePacer(Pacer):
+    """User-space shaping that follows ``trace`` during the transfer.
+
+    Chunk ``k`` is written at the scenario time by which the trace, integrated from the end of the
+    one-way delay, has carried all bytes up to and including chunk ``k``; the schedule is absolute,
+    so sleep overshoot does not accumulate. A transfer that would end later than ``max_transfer_s``
+    after its start waits until then (the sender cannot know the future either) and raises
+    :class:`LinkTimeout`.
+    """
+
+    def __init__(
+        self,
+        trace: Trace,
+        delay_s: float = 0.0,
+        chunk_bytes: int = 16384,
+        max_transfer_s: float = 30.0,
+        spin_s: float = 0.001,
+    ) -> None:
+        super().__init__(trace, delay_s)
+        self.chunk_bytes = int(chunk_bytes)
+        self.max_transfer_s = float(max_transfer_s)
+        self.spin_s = float(spin_s)
+
+    def send(self, sock: socket.socket, data: bytes | memoryview, clock: ScenarioClock) -> TransferStats:
+        view = memoryview(data).cast("B")
+        start = clock.now()
+        deadline = start + self.max_transfer_s
+        due = start + self.delay_s  # when the bytes written so far have crossed the shaped channel
+        sleep_until(clock, min(due, deadline), self.spin_s)
+        for offset in range(0, len(view), self.chunk_bytes):
+            piece = view[offset : offset + self.chunk_bytes]
+            due += self.trace.transfer_time(len(piece), due, max_time=max(deadline - due, 0.0))
+            if due > deadline:
+                sleep_until(clock, deadline, self.spin_s)
+                raise LinkTimeout(
+                    f"a {len(view)}-byte transfer did not finish within max_transfer_s={self.max_transfer_s:g} s "
+                    f"on trace {self.trace.name!r} (outage or too low a rate); raise link.max_transfer_s "
+                    "or let the runtime fall back"
+                )
+            sleep_until(clock, due, self.spin_s)
+            sock.sendall(piece)
+        return self._stats(len(view), start, clock.now())
+
+
+class Link(ABC):
+    """The link between device and edge server, built from config group ``link/``.
+
+    Constructor arguments are plain values, so the server process rebuilds the same link from the
+    same config. Call :meth:`bind` with the channel traces before asking for pacers.
+    """
+
+    def __init__(self, delay_s: float = 0.0, downlink: str = "same") -> None:
+        if not delay_s >= 0:
+            raise ConfigError(f"link.delay_s must be a non-negative number of seconds, got {delay_s!r}")
+        if downlink not in DOWNLINK_MODES:
+            raise ConfigError(f"link.downlink must be one of {list(DOWNLINK_MODES)}, got {downlink!r}")
+        self.one_way_delay_s = float(delay_s)
+        self.downlink = downlink
+        self.uplink_trace: Trace | None = None
+        self.downlink_trace: Trace | None = None
+
+    def bind(self, uplink: Trace | None, downlink: Trace | None = None) -> None:
+        """Set the traces; a missing downlink follows the ``downlink`` key (see module doc)."""
+        self.uplink_trace = uplink
+        if downlink is None and self.downlink == "same":
+            downlink = uplink
+        self.downlink_trace = downlink
+
+    @abstractmethod
+    def uplink_pacer(self) -> Pacer:
+        """Pacer for device -> server."""
+
+    @abstractmethod
+    def downlink_pacer(self) -> Pacer:
+        """Pacer for server -> device."""
+
+    def setup(self, clock: ScenarioClock | None = None) -> None:
+        """Prepare the link (idempotent). ``clock`` is the run's scenario clock, for links that
+        shape in the background."""
+        return None
+
+    def teardown(self) -> None:
+        """Undo :meth:`setup` (idempotent)."""
+        return None
+
+    def __enter__(self) -> Link:
+        self.setup()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.teardown()
+
+    def server_command_prefix(self) -> list[str]:
+        """Prefix for the command that launches the server process."""
+        return []
+
+    def server_bind_host(self) -> str:
+        return LOCALHOST
+
+    def server_connect_host(self) -> str:
+        return LOCALHOST
+
+    def connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        """Device-side TCP connection to the server (Nagle off: messages are written whole)."""
+        return open_connection(host, port, timeout)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(delay_s={self.one_way_delay_s:g}, downlink={self.downlink!r})"
+
+
+def open_connection(host: str, port: int, timeout: float) -> socket.socket:
+    """TCP connection with TCP_NODELAY; an unreachable server is a :class:`PeerError`."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise PeerError(
+            f"cannot connect to the edge server at {host}:{port} ({exc.strerror or exc}); "
+            "check that the server is running and the host/port match"
+        ) from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class LoopbackLink(Link):
+    """No shaping and no delay: the link is as fast as the host's loopback."""
+
+    def __init__(self) -> None:
+        super().__init__(delay_s=0.0)
+
+    def uplink_pacer(self) -> Pacer:
+        return UnshapedPacer()
+
+    def downlink_pacer(self) -> Pacer:
+        return UnshapedPacer()
+
+
+class ShapedLink(Link):
+    """User-space shaping on the sending side (see :class:`TracePacer`) plus a one-way delay."""
+
+    def __init__(
+        self,
+        delay_s: float = 0.0,
+        chunk_bytes: int = 16384,
+        max_transfer_s: float = 30.0,
+        downlink: str = "same",
+        spin_s: float = 0.001,
+    ) -> None:
+        super().__init__(delay_s, downlink)
+        if not (isinstance(chunk_bytes, int) and chunk_bytes > 0):
+            raise ConfigError(f"link.chunk_bytes must be a positive integer, got {chunk_bytes!r}")
+        if not max_transfer_s > 0:
+            raise ConfigError(f"link.max_transfer_s must be positive, got {max_transfer_s!r}")
+        if not spin_s >= 0:
+            raise ConfigError(f"link.spin_s must be non-negative, got {spin_s!r}")
+        self.chunk_bytes = chunk_bytes
+        self.max_transfer_s = float(max_transfer_s)
+        self.spin_s = float(spin_s)
+
+    def _pacer(self, trace: Trace | None) -> Pacer:
+        if trace is None:
+            return UnshapedPacer(self.one_way_delay_s)
+        return TracePacer(trace, self.one_way_delay_s, self.chunk_bytes, self.max_transfer_s, self.spin_s)
+
+    def uplink_pacer(self) -> Pacer:
+        return self._pacer(self.uplink_trace)
+
+    def downlink_pacer(self) -> Pacer:
+        return self._pacer(self.downlink_trace)

@@ -1,0 +1,151 @@
+"""Timing on the device and server sides: a controlled device slowdown, thread counts, core pinning,
+and repeated measurements summarised as a median and a spread."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+
+from splitcomp.errors import ConfigError
+
+T = TypeVar("T")
+
+_SPIN_S = 5e-4  # the last half millisecond of a wait is spun: time.sleep overshoots by ~50-100 us
+
+
+def precise_sleep(seconds: float) -> None:
+    """Wait ``seconds`` with sub-millisecond accuracy (sleep, then spin the last bit)."""
+    if seconds <= 0:
+        return
+    end = time.perf_counter() + seconds
+    while True:
+        left = end - time.perf_counter()
+        if left <= 0:
+            return
+        if left > _SPIN_S:
+            time.sleep(left - _SPIN_S)
+
+
+def check_slowdown(slowdown: float) -> float:
+    """A device slowdown factor must be a finite number >= 1 (the device can be made slower, not faster)."""
+    slowdown = float(slowdown)
+    if not (slowdown >= 1.0 and slowdown != float("inf")):
+        raise ConfigError(f"device.slowdown is {slowdown}; set it to a number >= 1.0 (1.0 = no slowdown)")
+    return slowdown
+
+
+def run_on_device(fn: Callable[..., T], *args: Any, slowdown: float = 1.0, **kwargs: Any) -> tuple[T, float, float]:
+    """Run ``fn(*args, **kwargs)`` as the (slower) device would.
+
+    The call is timed (``compute_s``), then ``(slowdown - 1) * compute_s`` is waited out so the device
+    side takes ``slowdown`` times what this machine needs. Returns ``(out, compute_s, dilated_s)``,
+    where ``dilated_s`` is the wall time of compute plus wait as really elapsed.
+    """
+    slowdown = check_slowdown(slowdown)
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    compute_s = time.perf_counter() - start
+    precise_sleep((slowdown - 1.0) * compute_s)
+    return out, compute_s, time.perf_counter() - start
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``, restoring the previous count after."""
+    if threads is None:
+        yield
+        return
+    threads = int(threads)
+    if threads < 1:
+        raise ConfigError(f"threads is {threads}; set device.threads / server.threads to a positive integer")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _thread_ids() -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+def pin_to_cores(cores: list[int] | None) -> set[int] | None:
+    """Pin this process (all its current threads; new ones inherit) to ``cores``.
+
+    Returns the previous core set so the caller can restore it, or None when nothing was done
+    (``cores`` is None/empty, or the platform has no ``sched_setaffinity``: a warning then).
+    """
+    if not cores:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        warnings.warn("core pinning is not supported on this platform; pin_cores is ignored", stacklevel=2)
+        return None
+    wanted = {int(c) for c in cores}
+    available = os.cpu_count() or 1
+    if any(c < 0 or c >= available for c in wanted):
+        raise ConfigError(f"pin_cores {sorted(wanted)} names cores this machine lacks; use cores 0..{available - 1}")
+    before = os.sched_getaffinity(0)
+    try:
+        for tid in _thread_ids():
+            try:
+                os.sched_setaffinity(tid, wanted)
+            except ProcessLookupError:  # the thread ended meanwhile
+                pass
+    except OSError as exc:
+        raise ConfigError(f"cannot pin to cores {sorted(wanted)} ({exc}); choose cores this process may use: "
+                          f"{sorted(before)}") from None
+    return before
+
+
+@contextmanager
+def pinned(cores: list[int] | None) -> Iterator[None]:
+    """Run the block pinned to ``cores`` (no-op for None), restoring the previous affinity after."""
+    before = pin_to_cores(cores)
+    try:
+        yield
+    finally:
+        if before is not None:
+            pin_to_cores(sorted(before))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so a timer around it measures the work, not the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device | None = None) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (synchronising ``device``)."""
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"profile.repeats={repeats}, profile.warmup={warmup}; use repeats >= 1 and warmup >= 0")
+    device = device or torch.device("cpu")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median_and_spread(times: list[float]) -> tuple[float, float]:
+    """Median and interquartile range of a list of times (spread 0 for fewer than two samples)."""
+    median = statistics.median(times)
+    if len(times) < 2:
+        return median, 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return median, q3 - q1

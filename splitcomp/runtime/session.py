@@ -1,0 +1,81 @@
+"""Setting up the real link for a run: the link, the edge-server process, background clients."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from splitcomp.link.shaping import ScenarioClock
+from splitcomp.runtime.background import BackgroundClients
+from splitcomp.runtime.client import EdgeClient, parse_address
+from splitcomp.runtime.device import Device
+from splitcomp.runtime.process import ServerProcess
+from splitcomp.runtime.socket_runtime import SocketParts
+
+log = logging.getLogger("splitcomp")
+
+
+class SocketSession:
+    """The link, server and device shared by the policies compared in one experiment."""
+
+    def __init__(self, cfg: DictConfig, scenario: Any, host: str, port: int, clock: ScenarioClock) -> None:
+        self.cfg = cfg
+        self.scenario = scenario
+        self.host, self.port = host, port
+        self.clock = clock
+        self.device = Device(scenario.work.model, scenario.work.plan, float(cfg.device.slowdown))
+        self.secret = str(cfg.server.auth_secret).encode() if cfg.server.get("auth_secret") else None
+
+    def connect(self, link: Any = None) -> EdgeClient:
+        client = EdgeClient(self.host, self.port, self.scenario.work.fingerprint, self.clock,
+                            link=self.scenario.link if link is None else link,
+                            connect_timeout_s=float(self.cfg.server.connect_timeout_s),
+                            io_timeout_s=float(self.cfg.server.io_timeout_s), secret=self.secret)
+        client.connect()
+        return client
+
+    def parts(self, env: Any) -> SocketParts:
+        """Fresh clock and background load for one policy's run over the same scenario."""
+        self.clock.origin = time.time()
+        background = None
+        if getattr(self.scenario.load_model, "kind", "none") == "clients":
+            background = BackgroundClients(self.scenario.load_model, lambda: self.connect(_Unshaped()),
+                                           self.scenario.work.example_input, self.clock)
+        dataset = self.scenario.dataset
+        samples = (dataset[i] for i in range(min(len(dataset), env.n_requests)))
+        return SocketParts(self.device, samples, self.scenario.work.codec, self.scenario.link, self.connect,
+                           self.clock, background)
+
+
+class _Unshaped:
+    """Background clients connect directly: their traffic is load on the server, not on our link."""
+
+    def connect(self, host: str, port: int, timeout: float) -> Any:
+        import socket
+
+        return socket.create_connection((host, port), timeout=timeout)
+
+
+def open_socket_session(cfg: DictConfig, scenario: Any, stack: ExitStack, out_dir: Path) -> SocketSession:
+    """Set up the link and start (or find) the edge server; everything is undone by ``stack``."""
+    link = scenario.link
+    clock = ScenarioClock()
+    link.setup(clock)
+    stack.callback(link.teardown)
+    if cfg.server.get("address"):
+        host, port = parse_address(str(cfg.server.address))
+    else:
+        server_cfg = OmegaConf.merge(cfg, {"server": {"host": link.server_bind_host(), "port": 0}})
+        config_file = out_dir / "server" / "server_config.yaml"
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(server_cfg, config_file)
+        server = ServerProcess(config_file, out_dir / "server", prefix=link.server_command_prefix())
+        stack.enter_context(server)
+        host, port = link.server_connect_host(), server.port
+        log.info("edge server process %d on %s:%d", server.proc.pid, host, port)
+    return SocketSession(cfg, scenario, host, port, clock)

@@ -1,0 +1,90 @@
+"""``splitcomp-serve``: the edge server alone (same config as ``splitcomp-run``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from splitcomp.link.wire import Limits
+from splitcomp.runtime.process import bind_listener, write_ready_file
+from splitcomp.runtime.server import EdgeServer, LoadEffects, ServerSettings
+from splitcomp.runtime.tails import TailBank
+from splitcomp.tasks.build import build_workload, torch_device
+from splitcomp.tasks.common import CONF_DIR, user_errors_are_one_line
+
+log = logging.getLogger("splitcomp.server")
+
+
+def auth_secret(server_cfg: DictConfig) -> bytes | None:
+    secret = server_cfg.get("auth_secret")
+    return str(secret).encode() if secret else None
+
+
+def build_server(cfg: DictConfig) -> EdgeServer:
+    """The edge server for this config: same model, plan and load model as the device side."""
+    torch.set_num_threads(int(cfg.server.threads))
+    work = build_workload(cfg)
+    device = torch_device(str(cfg.server.device))
+    load_model = instantiate(cfg.server_load)
+    link = instantiate(cfg.link)
+    downlink = downlink_factory(cfg, link)
+    settings = ServerSettings(io_timeout_s=float(cfg.server.io_timeout_s), max_batch=int(cfg.server.max_batch),
+                              secret=auth_secret(cfg.server),
+                              limits=Limits(max_payload_bytes=int(cfg.server.get("max_payload_bytes", 256 << 20))))
+    return EdgeServer(TailBank(work.plan, work.example_input.to(device), device), work.fingerprint,
+                      LoadEffects(load_model), downlink, settings)
+
+
+def downlink_factory(cfg: DictConfig, link: Any) -> Any:
+    """(pacer, clock) for responses when the link shapes the downlink in user space."""
+    if not hasattr(link, "bind") or not hasattr(link, "downlink_pacer"):
+        return None
+    from splitcomp.link.shaping import ScenarioClock
+
+    uplink = instantiate(cfg.channel)
+    downlink = instantiate(cfg.downlink) if cfg.get("downlink") else None
+    link.bind(uplink, downlink)
+
+    def make(origin: float) -> Any:
+        pacer = link.downlink_pacer()
+        return None if pacer is None else (pacer, ScenarioClock(origin))
+
+    return make
+
+
+def serve(cfg: DictConfig) -> None:
+    server = build_server(cfg)
+    host = str(cfg.server.host)
+    listener = bind_listener(host, int(cfg.server.port))
+    port = listener.getsockname()[1]
+    if host not in ("127.0.0.1", "localhost", "::1") and not cfg.server.get("auth_secret"):
+        log.warning("listening on %s without authentication: anyone who reaches this port can use the "
+                    "server; set server.auth_secret on both sides", host)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.stop())
+    if cfg.server.get("ready_file"):
+        write_ready_file(cfg.server.ready_file, host, port)
+    print(f"splitcomp edge server listening on {host}:{port} ({server.tails.device}); Ctrl-C stops it",
+          flush=True)
+    thread = threading.Thread(target=server.serve_forever, args=(listener,), daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    listener.close()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@user_errors_are_one_line
+def main(cfg: DictConfig) -> None:
+    serve(cfg)
+
+
+if __name__ == "__main__":
+    main()

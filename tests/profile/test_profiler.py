@@ -1,0 +1,166 @@
+import pytest
+import torch
+
+from splitcomp.errors import ConfigError
+from splitcomp.link.codecs import (
+    EncodedTensor,
+    RawCodec,
+    dtype_name,
+    register_codec,
+    tensor_to_bytes,
+    wire_dtype,
+)
+from splitcomp.profile import profiler
+from splitcomp.profile.latency import LatencyModel
+from splitcomp.profile.profiler import check_batch_sizes, get_profiles, profile_plan, resolve_server_device
+
+DEVICE = {"threads": 1, "slowdown": 1.0, "pin_cores": None}
+SERVER = {"threads": 1, "device": "cpu", "pin_cores": None}
+
+
+def quick_cfg(cache_dir):
+    return {"batch_sizes": [1, 2, 4], "warmup": 1, "repeats": 3, "cache_dir": str(cache_dir)}
+
+
+def test_profile_plan_measures_every_candidate(example, tiny_plan):
+    plan = tiny_plan()
+    profiles = profile_plan(plan, example, RawCodec(), DEVICE, SERVER, batch_sizes=[1, 2, 4], warmup=1, repeats=3,
+                            progress=False)
+    assert profiles.names == ["input", "layer4", "output"]
+    full, mid, local = profiles.cuts
+    assert full.is_full_offload and not full.is_device_only
+    assert local.is_device_only and not local.is_full_offload
+    assert full.bytes_up == 3 * 32 * 32  # the uint8 image
+    assert mid.bytes_up == 2 * 8 * 8 * 4  # 2 float32 channels at 8x8
+    assert local.bytes_up == 0 and local.bytes_down == 0
+    assert full.bytes_down == mid.bytes_down == 10 * 4  # float32 logits
+    for cut in (full, mid):
+        assert sorted(cut.tail_s) == [1, 2, 4] and all(t > 0 for t in cut.tail_s.values())
+        assert cut.decode_s > 0 and cut.encode_s > 0
+    assert local.head_s[1] > 0 and local.tail_at(4) == 0.0
+    # the latency model runs on measured profiles
+    assert LatencyModel(profiles).predict(mid, 1e6).total_s > mid.head_at(1)
+
+
+def test_device_slowdown_scales_the_head(example, tiny_plan):
+    plan = tiny_plan()
+    slow = profile_plan(plan, example, RawCodec(), {**DEVICE, "slowdown": 50.0}, SERVER, [1], 1, 5, progress=False)
+    fast = profile_plan(plan, example, RawCodec(), DEVICE, SERVER, [1], 1, 5, progress=False)
+    # generous: 50x nominal, allow for timing noise between the two runs
+    assert slow.by_name("output").head_at(1) > 10 * fast.by_name("output").head_at(1)
+    assert slow.by_name("layer4").head_at(1) > 10 * fast.by_name("layer4").head_at(1)
+    assert slow.by_name("input").tail_at(1) < 10 * fast.by_name("input").tail_at(1)  # the server is not slowed
+
+
+def test_total_tail_time_grows_with_batch_size(example, tiny_model, tiny_plan):
+    model = tiny_model(width=32)
+    big = torch.randint(0, 256, (1, 3, 96, 96), dtype=torch.uint8)
+    profiles = profile_plan(tiny_plan(model), big, RawCodec(), DEVICE, SERVER, [1, 16], 1, 5, progress=False)
+    full = profiles.by_name("input")
+    # a batch of 16 costs more in total than a lone request (generous: per-request cost may drop)
+    assert full.tail_s[16] > 1.5 * full.tail_s[1]
+
+
+def test_second_call_hits_the_cache(tmp_path, example, monkeypatch, tiny_model, tiny_plan):
+    model = tiny_model()
+    plan = tiny_plan(model)
+    first = get_profiles(model, plan, example, RawCodec(), DEVICE, SERVER, quick_cfg(tmp_path), progress=False)
+    assert first.source == "measured"
+    assert len(list(tmp_path.glob("*.json"))) == 1
+
+    def no_profiling(*args, **kwargs):
+        raise AssertionError("profiled again despite a cache hit")
+
+    monkeypatch.setattr(profiler, "profile_plan", no_profiling)
+    second = get_profiles(model, plan, example, RawCodec(), DEVICE, SERVER, quick_cfg(tmp_path), progress=False)
+    assert second == first  # same numbers
+    assert second.source.endswith(".json")
+
+
+@register_codec
+class HalfCodec(RawCodec):
+    """A different codec (float16 on the wire) to check that the codec is part of the cache key."""
+
+    name = "test_profile_half"
+
+    def encode(self, tensor):
+        half = tensor.half() if tensor.is_floating_point() else tensor
+        return EncodedTensor(self.name, dtype_name(half.dtype), tuple(half.shape), tensor_to_bytes(half),
+                             {"dtype": dtype_name(tensor.dtype)})
+
+    def decode(self, encoded):
+        return super().decode(encoded).to(wire_dtype(encoded.params["dtype"]))
+
+    def __repr__(self):
+        return "HalfCodec()"
+
+
+@pytest.mark.parametrize("change", ["weights", "device_threads", "server_threads", "slowdown", "codec",
+                                    "batch_sizes", "input_shape"])
+def test_cache_is_invalidated_when_what_it_depends_on_changes(tmp_path, example, monkeypatch, change, tiny_model, tiny_plan):
+    model = tiny_model()
+    plan = tiny_plan(model)
+    args = dict(codec=RawCodec(), device_cfg=dict(DEVICE), server_cfg=dict(SERVER), profile_cfg=quick_cfg(tmp_path))
+    get_profiles(model, plan, example, progress=False, **args)
+    calls = []
+    real = profiler.profile_plan
+    monkeypatch.setattr(profiler, "profile_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    if change == "weights":
+        with torch.no_grad():
+            model[1].weight[0, 0, 0, 0] += 1.0
+    elif change == "device_threads":
+        args["device_cfg"]["threads"] = 2
+    elif change == "server_threads":
+        args["server_cfg"]["threads"] = 2
+    elif change == "slowdown":
+        args["device_cfg"]["slowdown"] = 2.0
+    elif change == "codec":
+        args["codec"] = HalfCodec()
+    elif change == "batch_sizes":
+        args["profile_cfg"]["batch_sizes"] = [1, 8]
+    elif change == "input_shape":
+        example = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    again = get_profiles(model, plan, example, progress=False, **args)
+    assert calls == [1]
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    if change == "codec":
+        assert again.by_name("layer4").bytes_up == 2 * 8 * 8 * 2
+
+
+def test_cache_off_and_corrupt_cache_file(tmp_path, example, tiny_model, tiny_plan):
+    model = tiny_model()
+    plan = tiny_plan(model)
+    get_profiles(model, plan, example, RawCodec(), DEVICE, SERVER, quick_cfg(tmp_path), progress=False)
+    (path,) = tmp_path.glob("*.json")
+    path.write_text("{broken")
+    again = get_profiles(model, plan, example, RawCodec(), DEVICE, SERVER, quick_cfg(tmp_path), progress=False)
+    assert again.source == "measured"  # a corrupt file is measured over, not an error
+    off = get_profiles(model, plan, example, RawCodec(), DEVICE, SERVER, {**quick_cfg(tmp_path), "cache_dir": None},
+                       progress=False)
+    assert off.source == "measured" and len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_config_errors():
+    assert resolve_server_device("cpu") == torch.device("cpu")
+    assert resolve_server_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="server.device"):
+        resolve_server_device("not-a-device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            resolve_server_device("cuda")
+    assert check_batch_sizes([8, 2, 2]) == [1, 2, 8]
+    with pytest.raises(ConfigError, match="batch_sizes"):
+        check_batch_sizes([0, 4])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tail_on_cuda_leaves_the_model_on_the_cpu(example, tiny_model, tiny_plan):
+    model = tiny_model()
+    plan = tiny_plan(model)
+    on_gpu = profile_plan(plan, example, RawCodec(), DEVICE, {**SERVER, "device": "auto"}, [1, 4], 1, 3,
+                          progress=False)
+    on_cpu = profile_plan(plan, example, RawCodec(), DEVICE, SERVER, [1, 4], 1, 3, progress=False)
+    assert all(p.device.type == "cpu" for p in model.parameters())  # the tail was copied, not moved
+    assert [c.bytes_up for c in on_gpu.cuts] == [c.bytes_up for c in on_cpu.cuts]
+    assert all(t > 0 for c in on_gpu.cuts[:-1] for t in c.tail_s.values())
+    assert on_gpu.by_name("input").decode_s > 0

@@ -1,0 +1,60 @@
+"""End-to-end: ``splitcomp-profile`` as a user runs it (needs the main config's groups)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from splitcomp.profile.latency import Profiles
+
+ROOT = Path(__file__).resolve().parents[2]
+NEEDED = ["config.yaml", "model/torchvision.yaml", "codec/raw.yaml", "bottleneck/paper.yaml", "tracking/mlflow.yaml"]
+
+
+def run_profile(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    missing = [name for name in NEEDED if not (ROOT / "conf" / name).exists()]
+    if missing:
+        pytest.skip(f"the main config is not complete yet (missing conf/{', conf/'.join(missing)})")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", "splitcomp.tasks.profile", "model=torchvision", "model.name=resnet18",
+           "model.weights=null", "dataset.image_size=64", "profile.batch_sizes=[1,2]", "profile.warmup=0",
+           "profile.repeats=2", f"profile.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
+           *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_profile_task_writes_profiles_plot_and_mlflow_run(tmp_path):
+    done = run_profile(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    profiles = Profiles.load(tmp_path / "run" / "profiles.json")
+    assert profiles.cuts[0].name == "input" and profiles.cuts[0].is_full_offload
+    assert profiles.cuts[-1].name == "output" and profiles.cuts[-1].is_device_only
+    assert profiles.cuts[0].bytes_up == 3 * 64 * 64
+    assert all(sorted(c.tail_s) == [1, 2] for c in profiles.cuts)
+    assert (tmp_path / "run" / "profiles.png").stat().st_size > 1000
+    assert "measured" in done.stdout
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.data.metrics["candidates"] == len(profiles.cuts)
+    assert "head_ms" in run.data.metrics and "profile_s" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"profiles.json", "profiles.png", "profiles.txt"} <= artifacts
+
+    again = run_profile(tmp_path)  # same model, weights, input and settings: the cache answers
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "cached" in again.stdout
+    assert Profiles.load(tmp_path / "run" / "profiles.json") == profiles
+
+
+def test_profile_task_reports_a_bad_slowdown_in_one_line(tmp_path):
+    done = run_profile(tmp_path, "device.slowdown=0.5")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: device.slowdown is 0.5")
+    assert "Traceback" not in done.stderr
