@@ -38,6 +38,8 @@ from splitcomp.policy import (
     DeviceOnly,
     Dynamic,
     EwmaEstimator,
+    HarmonicEstimator,
+    LastEstimator,
     Neurosurgeon,
     Oracle,
     OracleEstimator,
@@ -69,6 +71,19 @@ TRACES = [
 ]
 
 
+REFERENCE_CUTS = [  # name, cumulative FLOP share, bytes crossing
+    ("input", 0.0, 150528), ("block4", 0.45, 62720), ("block5", 0.60, 31360), ("block6", 0.75, 43904),
+    ("block7", 0.88, 18816), ("block8", 0.93, 31360), ("pool", 0.995, 2560),
+]
+REFERENCE_FLOPS = 0.4e9  # EfficientNet-Lite0 at 224x224, multiply-adds
+
+
+def reference_flops() -> dict[str, list[float]]:
+    """Head and tail FLOPs of the reference cuts (what Neurosurgeon regresses on)."""
+    shares = [(name, share) for name, share, _ in REFERENCE_CUTS] + [("output", 1.0)]
+    return {name: [share * REFERENCE_FLOPS, (1 - share) * REFERENCE_FLOPS] for name, share in shares}
+
+
 def reference_profiles(device_full_s: float = 0.2, server_full_s: float = 0.02) -> list[CutProfile]:
     """An EfficientNet-Lite0-like candidate set at 224x224 with a float16 codec.
 
@@ -79,19 +94,15 @@ def reference_profiles(device_full_s: float = 0.2, server_full_s: float = 0.02) 
     batch of 8 (batching amortises). Encode/decode cost 2 ns per byte. Response: 1000 float32
     logits (4000 B). These are assumptions, not measurements; pass ``--profiles`` for measured ones.
     """
-    cuts = [  # name, cumulative FLOP share, bytes crossing
-        ("input", 0.0, 150528), ("block4", 0.45, 62720), ("block5", 0.60, 31360), ("block6", 0.75, 43904),
-        ("block7", 0.88, 18816), ("block8", 0.93, 31360), ("pool", 0.995, 2560),
-    ]
     out = []
-    for i, (name, share, nbytes) in enumerate(cuts):
+    for i, (name, share, nbytes) in enumerate(REFERENCE_CUTS):
         tail = (1 - share) * server_full_s
         out.append(CutProfile(
             index=i, name=name, bytes_up=nbytes, bytes_down=4000, head_s={1: share * device_full_s},
             tail_s={1: tail, 8: 3 * tail}, encode_s=2e-9 * nbytes if share else 0.0,
             decode_s=2e-9 * nbytes if share else 0.0, is_full_offload=(share == 0.0),
         ))
-    out.append(CutProfile(index=len(cuts), name="output", bytes_up=0, bytes_down=0,
+    out.append(CutProfile(index=len(REFERENCE_CUTS), name="output", bytes_up=0, bytes_down=0,
                           head_s={1: device_full_s}, tail_s={1: 0.0}, is_device_only=True))
     return out
 
@@ -106,10 +117,10 @@ def load_models(duration: float) -> dict[str, object]:
     }
 
 
-def policies() -> dict[str, object]:
+def policies(flops: dict[str, list[float]] | None) -> dict[str, object]:
     return {
         "device_only": DeviceOnly(), "server_only": ServerOnly(), "best_static": BestStatic(),
-        "dynamic": Dynamic(), "dynamic_h10": Dynamic(hysteresis=0.1), "neurosurgeon": Neurosurgeon(),
+        "dynamic": Dynamic(), "dynamic_h10": Dynamic(hysteresis=0.1), "neurosurgeon": Neurosurgeon(flops),
         "bandit": Bandit(), "oracle": Oracle(),
     }
 
@@ -120,12 +131,20 @@ def windows(trace_duration: float, window_s: float, count: int) -> list[float]:
     return [float(x) for x in np.linspace(0.0, last, count)]
 
 
+def make_estimator(args):
+    if args.estimator == "last":
+        return LastEstimator(max_age_s=args.max_age)
+    if args.estimator == "harmonic":
+        return HarmonicEstimator(n=args.n, max_age_s=args.max_age)
+    return EwmaEstimator(alpha=args.alpha, max_age_s=args.max_age)
+
+
 def run_window(candidates, model, trace, load, args) -> dict[str, dict]:
     n = int(args.window / args.interval)
-    env = RunEnv(candidates, model, Dynamic(), EwmaEstimator(alpha=args.alpha, max_age_s=args.max_age),
+    env = RunEnv(candidates, model, Dynamic(), make_estimator(args),
                  Periodic(args.interval), trace, load_model=load, n_requests=n, seed=args.seed,
                  rtt_s=args.rtt, timeout_s=args.timeout)
-    runs = compare_policies(env, policies())
+    runs = compare_policies(env, policies(args.flops))
     runs.update(compare_policies(
         RunEnv(**{**env.__dict__, "estimator": OracleEstimator()}), {"dynamic_true_rate": Dynamic()}))
     out = {}
@@ -157,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between requests")
     parser.add_argument("--rtt", type=float, default=0.02, help="RTT in seconds")
     parser.add_argument("--timeout", type=float, default=1.0, help="uplink timeout before falling back")
+    parser.add_argument("--estimator", choices=["ewma", "last", "harmonic"], default="ewma",
+                        help="the rate estimator of the online policies")
     parser.add_argument("--alpha", type=float, default=0.3, help="EWMA weight of the newest sample")
+    parser.add_argument("--n", type=int, default=3, help="samples of the harmonic mean")
+    parser.add_argument("--only", help="only traces of this kind (3G, 4G, 5G, WiFi)")
     parser.add_argument("--max-age", type=float, default=0.5, help="estimate age that triggers a probe")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -166,16 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no traces at {TRACES_DIR}", file=sys.stderr)
         return 2
     if args.profiles:
-        candidates = Profiles.load(args.profiles).cuts
-        source = str(args.profiles)
+        candidates, source, args.flops = Profiles.load(args.profiles).cuts, str(args.profiles), None
     else:
-        candidates, source = reference_profiles(), "reference_profiles()"
+        candidates, source, args.flops = reference_profiles(), "reference_profiles()", reference_flops()
     model = LatencyModel(Profiles({"source": source}, candidates), rtt_s=args.rtt)
     per_trace = 2 if args.quick else 6
 
     started = time.perf_counter()
     rows = []
     for kind, rel in TRACES:
+        if args.only and kind != args.only:
+            continue
         full = load_trace(TRACES_DIR / rel)
         for start in windows(full.duration, args.window, per_trace):
             trace = full.window(start, args.window)

@@ -10,12 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from splitcomp.errors import ConfigError
+from splitcomp.link.shaping import ScenarioClock
 from splitcomp.profile import get_profiles
 from splitcomp.profile.latency import LatencyModel
+from splitcomp.profile.timing import pin_to_cores
+from splitcomp.runtime.session import launch_server, open_socket_session
 from splitcomp.sim import RunEnv
 from splitcomp.tasks.build import Workload, build_workload
 from splitcomp.track import start_run_from_config
@@ -39,7 +43,7 @@ class Scenario:
     n_requests: int
 
 
-def build_scenario(cfg: DictConfig) -> Scenario:
+def build_scenario(cfg: DictConfig, link: Any) -> Scenario:
     work = build_workload(cfg)
     dataset = instantiate(cfg.dataset)
     n_requests = int(cfg.runtime.get("n_requests") or len(dataset))
@@ -49,7 +53,6 @@ def build_scenario(cfg: DictConfig) -> Scenario:
                             cfg.profile)
     uplink = instantiate(cfg.channel)
     downlink = instantiate(cfg.downlink) if cfg.get("downlink") else None
-    link = instantiate(cfg.link)
     link.bind(uplink, downlink)
     return Scenario(work, profiles, uplink, link.downlink_trace, instantiate(cfg.server_load), link, dataset,
                     n_requests)
@@ -78,40 +81,35 @@ def policy_config(cfg: DictConfig, name: str) -> Any:
 def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Run ``cfg.policy`` (and ``cfg.compare_with``) and log to MLflow; returns the summary."""
     started = time.perf_counter()
-    scenario = build_scenario(cfg)
+    torch.set_num_threads(int(cfg.device.threads))  # this process is the end device
+    pin_to_cores(cfg.device.get("pin_cores"))
     runtime = instantiate(cfg.runtime)
-    policies = {str(cfg.policy.get("name", "policy")): cfg.policy}
+    main_name = str(getattr(instantiate(cfg.policy), "name", "policy"))
+    policies = {main_name: cfg.policy}
     for name in cfg.get("compare_with") or []:
         policies.setdefault(str(name), policy_config(cfg, str(name)))
     tracking = cfg.tracking
     results: dict[str, dict[str, Any]] = {}
-    with start_run_from_config(tracking, config=config, run_name=tracking.get("run_name")) as tracker:
+    with ExitStack() as stack:
+        link = instantiate(cfg.link)
+        clock = ScenarioClock()
+        server = launch_server(cfg, link, clock, stack, out_dir) if runtime.needs_sockets else None
+        scenario = build_scenario(cfg, link)
+        tracker = stack.enter_context(start_run_from_config(tracking, config=config,
+                                                            run_name=tracking.get("run_name")))
         OmegaConf.save(cfg, out_dir / "config.yaml")
         tracker.log_artifact(out_dir / "config.yaml")
-        with ExitStack() as stack:
-            executor = runtime_executor(cfg, scenario, runtime, stack, out_dir)
-            for i, (name, policy_cfg) in enumerate(policies.items()):
-                env = make_env(cfg, scenario, policy_cfg)
-                records = executor(env)
-                results[name] = {"records": records, "metrics": summarize(records)}
-                if i == 0:
-                    main_name = name
+        if runtime.needs_sockets:
+            runtime.attach(open_socket_session(cfg, scenario, server, clock))
+        for name, policy_cfg in policies.items():
+            records = runtime.run(make_env(cfg, scenario, policy_cfg))
+            results[name] = {"records": records, "metrics": summarize(records)}
         main = results[main_name]
         log_main_run(tracker, main, scenario, out_dir)
         comparison = log_comparison(tracker, results, main_name, out_dir)
         tracker.log_metrics({"wall_s": time.perf_counter() - started})
         print_summary(tracker, main, comparison, tracking)
     return {"metrics": main["metrics"], "comparison": comparison, "run_id": tracker.run_id}
-
-
-def runtime_executor(cfg: DictConfig, scenario: Scenario, runtime: Any, stack: ExitStack, out_dir: Path) -> Any:
-    """A function env -> records for the configured runtime (sockets set up once, reused)."""
-    if not getattr(runtime, "needs_sockets", False):
-        return runtime.run
-    from splitcomp.runtime.session import open_socket_session
-
-    session = open_socket_session(cfg, scenario, stack, out_dir)
-    return lambda env: runtime.run(env, session.parts(env))
 
 
 def log_main_run(tracker: Any, main: dict[str, Any], scenario: Scenario, out_dir: Path) -> None:

@@ -148,10 +148,15 @@ class _Simulation:
         return self.model.default_rtt_s() if trace_rtt is None else trace_rtt
 
     # --- what the device learns -----------------------------------------------------------
-    def _measured(self, nbytes: float, seconds: float, t_known: float, t_sent: float, load: ServerLoad) -> None:
+    def _measured(self, nbytes: float, seconds: float, t_known: float, t_sent: float,
+                  load: ServerLoad | None) -> None:
+        """At ``t_known`` the device learns a transfer's measurement (and the server's load report
+        carried by the answer; None when no answer came)."""
+
         def deliver() -> None:
             self.estimator.update(nbytes, seconds, t_known)
-            self.reported_load = load
+            if load is not None:
+                self.reported_load = load
             if self.rtt_s is None and self.uplink.rtts_s is not None:
                 self.rtt_estimate_s = self.uplink.rtt_at(t_sent)
 
@@ -175,7 +180,6 @@ class _Simulation:
     def _probe_done(self) -> None:
         self.probe_in_flight = False
         self.in_flight.finish("probe")
-        self.in_flight = InFlight()
 
     # --- one request ------------------------------------------------------------------------
     def context(self, t: float) -> DecisionContext:
@@ -190,16 +194,16 @@ class _Simulation:
     def serve(self, i: int, t: float, cut: CutProfile, ctx: DecisionContext) -> dict:
         load = ctx.true_load or ServerLoad()
         parts = self.model.predict_on_trace(cut, self.uplink, t, self.downlink, load, rtt_s=self.rtt_s)
+        t_send = t + parts.device_s + parts.encode_s  # when the channel times were taken
         if self.noise > 0:
             self._add_noise(parts)
         fallback = not cut.is_device_only and parts.uplink_s > self.timeout_s
-        t_send = t + parts.device_s + parts.encode_s
         up_bytes = 0 if cut.is_device_only else cut.bytes_up + self.model.frame_overhead_bytes
         if fallback:
             parts = self._fallback(parts, cut)
             carried = self.uplink.bits_between(t_send, t_send + self.timeout_s) / 8.0
             self._sent(i, up_bytes, t_send, t_send + self.timeout_s)
-            self._measured(carried, self.timeout_s, t_send + self.timeout_s, t_send, self.reported_load)
+            self._measured(carried, self.timeout_s, t_send + self.timeout_s, t_send, None)
             self.stats["fallbacks"] += 1
         elif not cut.is_device_only:
             self._sent(i, up_bytes, t_send, t + parts.total_s)
@@ -236,9 +240,9 @@ class _Simulation:
             "device_s": parts.device_s, "encode_s": parts.encode_s, "uplink_s": parts.uplink_s,
             "queue_s": parts.queue_s, "server_s": parts.server_s, "downlink_s": parts.downlink_s,
             "decode_s": parts.decode_s, "latency_s": parts.total_s,
-            "predicted_latency_s": predicted if math.isfinite(predicted) else None,
-            "rate_trace_bps": self.uplink.rate_at(t), "rate_estimate_bps": estimate,
-            "server_load": max(load.batch_size, load.queue_len), "fallback": fallback,
+            "predicted_latency_s": predicted if math.isfinite(predicted) else math.nan,
+            "rate_trace_bps": self.uplink.rate_at(t), "rate_estimate_bps": math.nan if estimate is None else estimate,
+            "server_load": load.batch_size if load.batch_size > 1 else load.queue_len, "fallback": fallback,
             "prediction": None, "reference": None, "label": None,
         }
 
@@ -265,6 +269,10 @@ def simulate(candidates: list[CutProfile], latency_model: LatencyModel, policy: 
              timeout_s: float = 1.0, noise: float = 0.0, client_share: float = 0.5,
              stats: dict | None = None, env: RunEnv | None = None) -> list[dict]:
     """Simulate ``n_requests`` requests; one record dict (fields ``RECORD_FIELDS``) per request.
+
+    As in the socket runtime, a missing number (no rate estimate yet, an infinite prediction)
+    is NaN; ``prediction``, ``reference`` and ``label`` are None (no tensors are computed);
+    ``server_load`` is the batch size when batching, else the queue length.
 
     ``policy.prepare(env)`` is called first (``env`` is built from the arguments when not given),
     then the estimator is reset and bound to the uplink. ``stats``, when given, receives the
@@ -302,6 +310,8 @@ class SimRuntime:
 
     ``n_requests`` overrides the environment's when given; ``noise`` and ``client_share`` are the
     ``simulate`` options of the same names."""
+
+    needs_sockets = False
 
     def __init__(self, n_requests: int | None = None, noise: float = 0.0, client_share: float = 0.5) -> None:
         if noise < 0:

@@ -163,7 +163,10 @@ class ZstdCodec(Codec):
         import zstandard
 
         expected = _expected_nbytes(encoded.dtype, encoded.shape)
-        data = zstandard.ZstdDecompressor().decompress(encoded.data, max_output_size=expected) if expected else b""
+        try:
+            data = zstandard.ZstdDecompressor().decompress(encoded.data, max_output_size=expected) if expected else b""
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"corrupt zstd payload: {exc}") from None
         return tensor_from_bytes(data, encoded.dtype, tuple(encoded.shape))
 
     def __repr__(self) -> str:
@@ -186,7 +189,11 @@ class Lz4Codec(Codec):
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         import lz4.frame
 
-        return tensor_from_bytes(lz4.frame.decompress(encoded.data), encoded.dtype, tuple(encoded.shape))
+        try:
+            data = lz4.frame.decompress(encoded.data)
+        except RuntimeError as exc:  # what lz4 raises on a corrupt frame
+            raise ValueError(f"corrupt lz4 payload: {exc}") from None
+        return tensor_from_bytes(data, encoded.dtype, tuple(encoded.shape))
 
 
 def _expected_nbytes(dtype: str, shape: tuple[int, ...] | list[int]) -> int:
@@ -296,8 +303,11 @@ class _ImageCodec(Codec):
         mode = "L" if shape[1] == 1 else "RGB"
         images, offset = [], 0
         for size in sizes:
-            with Image.open(io.BytesIO(encoded.data[offset : offset + size])) as image:
-                array = np.asarray(image.convert(mode))
+            try:
+                with Image.open(io.BytesIO(encoded.data[offset : offset + size])) as image:
+                    array = np.asarray(image.convert(mode))
+            except (OSError, SyntaxError) as exc:  # PIL's errors for a corrupt or truncated file
+                raise ValueError(f"corrupt {self.name} image in the payload: {exc}") from None
             offset += size
             images.append(array.reshape(shape[2], shape[3], shape[1]))  # ValueError on a wrong size
         return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

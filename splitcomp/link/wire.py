@@ -213,12 +213,13 @@ def read_frame(sock: socket.socket, limits: Limits = Limits(), secret: bytes | N
 
 def _split_payload(items: list[dict[str, Any]], payload: bytearray) -> list[EncodedTensor | Any]:
     out: list[EncodedTensor | Any] = []
+    view = memoryview(payload)  # slices share the received buffer: no copy per tensor
     offset = 0
     for item in items:
         if "value" in item:
             out.append(item["value"])
             continue
-        data = bytes(payload[offset : offset + item["nbytes"]])
+        data = view[offset : offset + item["nbytes"]]
         offset += item["nbytes"]
         out.append(EncodedTensor(item["codec"], item["dtype"], tuple(item["shape"]), data, item.get("params", {})))
     return out

@@ -33,7 +33,7 @@ from splitcomp.profile.latency import CutProfile
 class Bandit(Policy):
     name = "bandit"
 
-    def __init__(self, alpha: float = 1.0, gamma: float = 0.98, ridge: float = 1e-2) -> None:
+    def __init__(self, alpha: float = 0.1, gamma: float = 0.98, ridge: float = 1e-2) -> None:
         if alpha < 0 or not 0 < gamma <= 1 or ridge <= 0:
             raise ConfigError("bandit needs alpha >= 0, 0 < gamma <= 1 and ridge > 0; fix policy.alpha/gamma/ridge.")
         self.alpha, self.gamma, self.ridge = float(alpha), float(gamma), float(ridge)

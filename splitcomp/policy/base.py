@@ -48,6 +48,7 @@ class Policy(ABC):
         """Called once before a run with the run's environment (a ``splitcomp.sim.RunEnv``).
 
         Stateful policies reset their state here, so one object can serve several runs."""
+        return None
 
     @abstractmethod
     def choose(self, ctx: DecisionContext) -> int:
@@ -55,6 +56,7 @@ class Policy(ABC):
 
     def observe(self, record: dict) -> None:
         """Learn from the record of a finished request (default: nothing)."""
+        return None
 
 
 def device_only_index(candidates: list[CutProfile]) -> int:

@@ -68,6 +68,7 @@ class RateEstimator(ABC):
 
     def bind(self, uplink: Trace | None) -> None:
         """Give the estimator the true uplink trace; only hindsight estimators use it."""
+        return None
 
     def reset(self) -> None:
         """Forget every measurement (called at the start of each run)."""

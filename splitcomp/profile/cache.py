@@ -21,15 +21,26 @@ from splitcomp.profile.latency import Profiles
 log = logging.getLogger(__name__)
 
 
+def _update(digest: Any, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().to("cpu").contiguous()
+    if tensor.numel():
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A short hash of a tensor's dtype, shape and bytes."""
+    digest = hashlib.blake2b(f"{tensor.dtype}:{tuple(tensor.shape)}".encode(), digest_size=16)
+    _update(digest, tensor)
+    return digest.hexdigest()
+
+
 def model_fingerprint(model: nn.Module) -> dict[str, str]:
     """The architecture (class and module tree) and a hash of the bytes of every parameter and
     buffer (non-persistent buffers too, e.g. input normalisation constants)."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        _update(digest, tensor)
     arch = f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}"
     return {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",

@@ -125,18 +125,19 @@ def profile_cut(head: Callable[..., Any], tail: Callable[..., Any], cut: Any, n_
                 repeats: int) -> CutProfile:
     """Measure one cut given its head and tail modules (see :func:`profile_plan`)."""
     example = example[:1]
+    flops = {"head_flops": getattr(cut, "head_flops", None), "tail_flops": getattr(cut, "tail_flops", None)}
     with device.active():
         head_times = measure(lambda: head(example), warmup, repeats)
-        values = _as_tuple(head(example))
-        encode_times = measure(lambda: _encode_all(values, codec), warmup, repeats)
-        encoded = _encode_all(values, codec)
     head_s, head_spread = _median_dict({1: head_times}, device.slowdown)
-    # not dilated: the runtime dilates the head alone (run_on_device) and times encoding as it is
-    encode_s = median_and_spread(encode_times)[0]
-    flops = {"head_flops": getattr(cut, "head_flops", None), "tail_flops": getattr(cut, "tail_flops", None)}
     if cut.index == n_cuts - 1:  # device-only: nothing crosses, nothing runs on the server
         return CutProfile(cut.index, cut.name, 0, 0, head_s, {b: 0.0 for b in batch_sizes}, 0.0, 0.0,
                           head_spread, {b: 0.0 for b in batch_sizes}, is_device_only=True, **flops)
+    with device.active():
+        values = _as_tuple(head(example))
+        encode_times = measure(lambda: _encode_all(values, codec), warmup, repeats)
+        encoded = _encode_all(values, codec)
+    # not dilated: the runtime dilates the head alone (run_on_device) and times encoding as it is
+    encode_s = median_and_spread(encode_times)[0]
     with server.active():
         tail_on_server = tail if server.torch_device.type == "cpu" else copy.deepcopy(tail).to(server.torch_device)
         decode_times = measure(lambda: _decode_all(encoded, server.torch_device), warmup, repeats, server.torch_device)
@@ -185,7 +186,9 @@ def profile_key(model: nn.Module, example_input: torch.Tensor, codec: Codec, can
     """Everything the measured numbers depend on, as plain JSON values."""
     return {
         "model": cache.model_fingerprint(model),
-        "input": {"shape": list(example_input.shape), "dtype": str(example_input.dtype)},
+        # content too: compressing codecs send fewer bytes for a blank image than for a real one
+        "input": {"shape": list(example_input.shape), "dtype": str(example_input.dtype),
+                  "sha": cache.tensor_digest(example_input)},
         "codec": {"repr": repr(codec), "class": f"{type(codec).__module__}.{type(codec).__qualname__}",
                   "params": {k: repr(v) for k, v in sorted(vars(codec).items())}},
         "candidates": [c.name for c in candidates],

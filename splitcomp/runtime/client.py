@@ -14,6 +14,10 @@ from splitcomp.link.codecs import Codec
 from splitcomp.link.wire import Frame, Kind, Limits, encode_frame, read_frame
 
 
+class HandshakeError(PeerError):
+    """The server refused the session (a different model, or a bad secret): retrying cannot help."""
+
+
 @dataclass
 class Reply:
     """What one request brought back, with the device-side timings of its exchange."""
@@ -69,6 +73,11 @@ class EdgeClient:
             self._send(encode_frame(Kind.HELLO, {"fingerprint": self.fingerprint,
                                                  "clock_origin": self.clock.origin}, secret=self.secret))
             self.server_info = self._expect(Kind.WELCOME).meta
+        except PeerError as exc:
+            self.close()
+            if "refused" in str(exc) or "authentication" in str(exc):
+                raise HandshakeError(str(exc)) from None
+            raise
         except BaseException:
             self.close()
             raise

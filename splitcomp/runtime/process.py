@@ -57,9 +57,20 @@ class ServerProcess:
         self.host = ""
         self.port = 0
 
+    @property
+    def ready_file(self) -> Path:
+        return self.work_dir / "ready.json"
+
     def start(self) -> ServerProcess:
+        """Launch the process and wait until it listens."""
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def launch(self) -> ServerProcess:
+        """Launch the process without waiting (it loads its model while the caller works on)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        ready = self.work_dir / "ready.json"
+        ready = self.ready_file
         ready.unlink(missing_ok=True)
         command = [*self.prefix, sys.executable, "-m", "splitcomp.tasks.serve",
                    "--config-path", str(self.config_file.parent.resolve()),
@@ -70,10 +81,10 @@ class ServerProcess:
         self.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         log_file.close()
-        self._wait_ready(ready)
         return self
 
-    def _wait_ready(self, ready: Path) -> None:
+    def wait_ready(self) -> None:
+        ready = self.ready_file
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if ready.exists():
@@ -114,7 +125,7 @@ class ServerProcess:
         self.proc = None
 
     def __enter__(self) -> ServerProcess:
-        return self.start()
+        return self.launch() if self.proc is None else self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()

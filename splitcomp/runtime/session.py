@@ -61,21 +61,30 @@ class _Unshaped:
         return socket.create_connection((host, port), timeout=timeout)
 
 
-def open_socket_session(cfg: DictConfig, scenario: Any, stack: ExitStack, out_dir: Path) -> SocketSession:
-    """Set up the link and start (or find) the edge server; everything is undone by ``stack``."""
-    link = scenario.link
-    clock = ScenarioClock()
+def launch_server(cfg: DictConfig, link: Any, clock: ScenarioClock, stack: ExitStack,
+                  out_dir: Path) -> ServerProcess | None:
+    """Set up the link and launch the edge-server process (None when ``server.address`` names a
+    running one). The process loads its model while the device side profiles; all is undone by
+    ``stack``."""
     link.setup(clock)
     stack.callback(link.teardown)
     if cfg.server.get("address"):
+        return None
+    server_cfg = OmegaConf.merge(cfg, {"server": {"host": link.server_bind_host(), "port": 0}})
+    config_file = out_dir / "server" / "server_config.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(server_cfg, config_file)
+    return stack.enter_context(ServerProcess(config_file, out_dir / "server", prefix=link.server_command_prefix()))
+
+
+def open_socket_session(cfg: DictConfig, scenario: Any, server: ServerProcess | None,
+                        clock: ScenarioClock) -> SocketSession:
+    """Wait for the server launched by :func:`launch_server` (or parse ``server.address``)."""
+    link = scenario.link
+    if server is None:
         host, port = parse_address(str(cfg.server.address))
     else:
-        server_cfg = OmegaConf.merge(cfg, {"server": {"host": link.server_bind_host(), "port": 0}})
-        config_file = out_dir / "server" / "server_config.yaml"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(server_cfg, config_file)
-        server = ServerProcess(config_file, out_dir / "server", prefix=link.server_command_prefix())
-        stack.enter_context(server)
+        server.wait_ready()
         host, port = link.server_connect_host(), server.port
         log.info("edge server process %d on %s:%d", server.proc.pid, host, port)
     return SocketSession(cfg, scenario, host, port, clock)

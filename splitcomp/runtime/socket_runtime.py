@@ -23,7 +23,7 @@ from splitcomp.errors import PeerError
 from splitcomp.link.shaping import ScenarioClock, sleep_until
 from splitcomp.policy.base import DecisionContext, device_only_index
 from splitcomp.profile.latency import ServerLoad
-from splitcomp.runtime.client import EdgeClient, Reply
+from splitcomp.runtime.client import EdgeClient, HandshakeError, Reply
 from splitcomp.runtime.device import Device
 
 log = logging.getLogger("splitcomp")
@@ -64,6 +64,8 @@ class Reconnector:
             self.client = self.connect()
             self.failures = 0
             return self.client
+        except HandshakeError:
+            raise  # a different model on the server: falling back forever would hide it
         except PeerError as exc:
             self.failed(exc)
             return None
@@ -94,9 +96,20 @@ class SocketRuntime:
         self.max_backoff_s = max_backoff_s
         self.probe = probe
         self.progress = progress
+        self.session: Any = None
 
-    def run(self, env: Any, parts: SocketParts) -> list[dict[str, Any]]:
+    def attach(self, session: Any) -> None:
+        """The socket session (link, server address, device) that :meth:`run` uses."""
+        self.session = session
+
+    def run(self, env: Any, parts: SocketParts | None = None) -> list[dict[str, Any]]:
+        """Serve ``env.n_requests`` requests; ``parts`` defaults to the attached session's."""
+        if parts is None:
+            if self.session is None:
+                raise RuntimeError("SocketRuntime.run needs parts or an attached session")
+            parts = self.session.parts(env)
         run = _Run(env, parts, Reconnector(parts.connect, self.backoff_s, self.max_backoff_s), self.probe)
+        run.reconnector.client = parts.connect()  # an unreachable server at the start is an error
         samples = iter(parts.samples)
         records = []
         bar = tqdm(total=env.n_requests, desc=f"{getattr(env.policy, 'name', 'policy')} requests",

@@ -2,7 +2,6 @@
 
 A rule sees every cut (``cuts[0]`` the input cut, ``cuts[-1]`` the output cut) and returns the
 intermediate cuts it keeps; the input and output cuts are always candidates anyway.
-``leaf_modules`` rides along so one config group says both how to trace and what to keep.
 """
 
 from __future__ import annotations
@@ -16,10 +15,7 @@ if TYPE_CHECKING:
 
 
 class BottleneckRule(ABC):
-    """Base of all rules. ``leaf_modules``: module type names or paths to keep whole when tracing."""
-
-    def __init__(self, leaf_modules: Sequence[str] = ()) -> None:
-        self.leaf_modules = tuple(str(name) for name in leaf_modules)
+    """Base of all rules."""
 
     @abstractmethod
     def select(self, cuts: Sequence[Cut], input_raw_bytes: int) -> list[Cut]:

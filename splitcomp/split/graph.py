@@ -88,7 +88,7 @@ def _trace_failure_message(model: nn.Module, tracer: LeafTracer, exc: Exception)
         path, type_name = tracer.failed_in
         part = f"module '{path}' ({type_name})"
         fix = (f"mark it as a leaf so it is kept whole: leaf_modules=['{type_name}'] "
-               f"(config: bottleneck.leaf_modules=[{type_name}]) or its path '{path}'")
+               f"(config: leaf_modules=[{type_name}]) or its path '{path}'")
     return f"torch.fx cannot trace {part}: {reason}{where}; {fix}"
 
 

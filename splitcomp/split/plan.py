@@ -124,13 +124,13 @@ def analyze(model: nn.Module, example_input: Any, codec: Codec | None = None, ru
     inputs) and pick the natural bottlenecks with ``rule``.
 
     The graph follows the model's current mode: call ``model.eval()`` first for inference splits.
-    ``leaf_modules`` (and the rule's own ``leaf_modules``) name modules to keep whole, by type name,
-    qualified class name or module path; use it for parts torch.fx cannot trace.
+    ``leaf_modules`` names modules to keep whole, by type name, qualified class name or module path;
+    use it for parts torch.fx cannot trace.
     """
     codec = codec if codec is not None else RawCodec()
     rule = rule if rule is not None else PaperRule()
     start = time.perf_counter()
-    gm = trace(model, tuple(leaf_modules) + rule.leaf_modules)
+    gm = trace(model, tuple(str(name) for name in leaf_modules))
     inputs = _as_inputs(example_input)
     stats = measure(gm, inputs, codec)
     order = order_graph(gm.graph)

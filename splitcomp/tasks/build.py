@@ -39,6 +39,7 @@ def build_workload(cfg: DictConfig) -> Workload:
     """Model (eval mode), example input, codec, split plan and the model's fingerprint."""
     from splitcomp.split import analyze  # the split room; imported late to keep startup light
 
+    torch.manual_seed(int(cfg.get("seed", 0)))  # untrained weights must be the same on both sides
     model: nn.Module = instantiate(cfg.model).eval()
     codec = instantiate(cfg.codec)
     rule = instantiate(cfg.bottleneck)

@@ -15,22 +15,15 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from splitcomp.profile.latency import Profiles
 from splitcomp.profile.profiler import get_profiles
-from splitcomp.split import analyze
+from splitcomp.tasks.build import build_workload
 from splitcomp.tasks.common import CONF_DIR, config_dict, user_errors_are_one_line
 from splitcomp.track import start_run_from_config
 
 log = logging.getLogger(__name__)
-
-
-def example_image(image_size: int, seed: int = 0) -> torch.Tensor:
-    """A fixed random uint8 image batch ``[1, 3, S, S]`` (what a camera gives)."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (1, 3, image_size, image_size), dtype=torch.uint8, generator=generator)
 
 
 def profile_table(profiles: Profiles) -> str:
@@ -89,12 +82,9 @@ def cut_metrics(profiles: Profiles) -> list[dict[str, float]]:
 @user_errors_are_one_line
 def main(cfg: DictConfig) -> None:
     torch.manual_seed(int(cfg.get("seed", 0)))  # random weights repeat, so the profile cache can hit
-    model = instantiate(cfg.model).eval()
-    example = example_image(int(cfg.dataset.image_size))
-    codec = instantiate(cfg.codec)
-    plan = analyze(model, example, codec=codec, rule=instantiate(cfg.bottleneck))
+    work = build_workload(cfg)  # the same model, example input, codec and plan as a run
     start = time.perf_counter()
-    profiles = get_profiles(model, plan, example, codec, cfg.device, cfg.server, cfg.profile)
+    profiles = get_profiles(work.model, work.plan, work.example_input, work.codec, cfg.device, cfg.server, cfg.profile)
     profile_s = time.perf_counter() - start
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -104,7 +94,8 @@ def main(cfg: DictConfig) -> None:
     print(table)
     print(f"profiles: {json_path} ({'cached' if profiles.source != 'measured' else 'measured'} in {profile_s:.1f} s)")
 
-    run_name = f"profile-{cfg.model.get('name', type(model).__name__)}"
+    model_name = getattr(work.model, "name", None) or type(work.model).__name__
+    run_name = cfg.tracking.get("run_name") or f"profile-{model_name}"
     with start_run_from_config(cfg.tracking, config=config_dict(cfg), run_name=run_name) as tracker:
         for step, row in enumerate(cut_metrics(profiles)):
             tracker.log_metrics(row, step=step)

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from splitcomp.link.wire import Limits
+from splitcomp.profile.timing import pin_to_cores
 from splitcomp.runtime.process import bind_listener, write_ready_file
 from splitcomp.runtime.server import EdgeServer, LoadEffects, ServerSettings
 from splitcomp.runtime.tails import TailBank
@@ -30,6 +31,7 @@ def auth_secret(server_cfg: DictConfig) -> bytes | None:
 def build_server(cfg: DictConfig) -> EdgeServer:
     """The edge server for this config: same model, plan and load model as the device side."""
     torch.set_num_threads(int(cfg.server.threads))
+    pin_to_cores(cfg.server.get("pin_cores"))
     work = build_workload(cfg)
     device = torch_device(str(cfg.server.device))
     load_model = instantiate(cfg.server_load)

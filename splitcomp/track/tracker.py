@@ -133,8 +133,13 @@ def start_run(
 def start_run_from_config(tracking_cfg: Mapping[str, Any], config: Mapping[str, Any] | None = None,
                           run_name: str | None = None, **kwargs: Any) -> Any:
     """``start_run`` with ``tracking.uri`` / ``tracking.experiment`` taken from the config group and
-    the flattened full config logged as params."""
+    the flattened full config logged as params. Inside a multirun the run becomes a child of the
+    sweep's parent run, and it is tagged with the Hydra job's overrides (splitcomp.track.sweep)."""
+    from splitcomp.track.sweep import job_tags, sweep_parent_run_id
+
     if "experiment" not in tracking_cfg:
         raise ConfigError("tracking.experiment is missing; set it to the MLflow experiment name")
+    kwargs["tags"] = {**job_tags(), **(kwargs.get("tags") or {})}
+    kwargs.setdefault("parent_run_id", sweep_parent_run_id())
     return start_run(uri=tracking_cfg.get("uri"), experiment=tracking_cfg["experiment"], run_name=run_name,
                      params=config, **kwargs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -78,43 +78,42 @@ def send_per_image(values: tuple, codec: Codec) -> tuple[tuple, int]:
 @torch.inference_mode()
 def evaluate_split(plan: Any, cut: Any, codec: Codec, dataset: Dataset, batch_size: int = 16,
                    progress: bool = False) -> dict[str, float]:
-    """Accuracy of the model split at ``cut`` with ``codec`` on the crossing tensors, against the
-    unsplit model (``plan.split(plan.cuts[-1])``'s head is the whole model).
+    """Accuracy of the model split at ``cut`` (a Cut, name or index) with ``codec`` on the crossing
+    tensors, against the unsplit model (the head of ``plan``'s output cut is the whole model).
 
     Returns ``accuracy``, ``accuracy_reference`` (unsplit), ``agreement`` (share of images where both
-    predict the same class) and ``bytes_mean`` (payload bytes per image)."""
-    results = evaluate_split_many(plan, [cut], [codec], dataset, batch_size, progress)
-    return results[(_cut_name(plan, cut), codec.name)]
+    predict the same class) and ``bytes_mean`` (payload bytes per image, each image sent alone)."""
+    name = plan.cut(cut).name
+    return evaluate_splits(plan, {name: [codec]}, dataset, batch_size, progress)[(name, codec.name)]
 
 
 @torch.inference_mode()
-def evaluate_split_many(plan: Any, cuts: list, codecs: list[Codec], dataset: Dataset, batch_size: int = 16,
-                        progress: bool = False) -> dict[tuple[str, str], dict[str, float]]:
-    """:func:`evaluate_split` for every (cut, codec) pair, keyed by ``(cut name, codec name)``. Each
-    batch runs the reference once, and each cut's head once for all its codecs."""
-    reference = for_inference(plan.split(plan.cuts[-1])[0])
-    parts = {_cut_name(plan, cut): tuple(for_inference(m) for m in plan.split(cut)) for cut in cuts}
-    tally: dict[tuple[str, str], dict[str, float]] = {
-        (name, codec.name): {"correct": 0, "agree": 0, "bytes": 0} for name in parts for codec in codecs}
+def evaluate_splits(plan: Any, codecs_by_cut: Mapping[Any, Sequence[Codec]], dataset: Dataset,
+                    batch_size: int = 16, progress: bool = False) -> dict[tuple[str, str], dict[str, float]]:
+    """:func:`evaluate_split` for several cuts, each with its own codecs, keyed by ``(cut name, codec
+    name)``. Each batch runs the unsplit model once, and each cut's head once for all its codecs."""
+    cuts = {plan.cut(cut).name: (plan.cut(cut), list(codecs)) for cut, codecs in codecs_by_cut.items()}
+    last = plan.cuts[-1]
+    reference = for_inference(plan.split(last)[0])
+    parts = {name: tuple(for_inference(m) for m in plan.split(cut)) for name, (cut, _) in cuts.items()}
+    tally = {(name, codec.name): [0, 0, 0] for name, (_, codecs) in cuts.items() for codec in codecs}
     correct_ref = seen = 0
     for images, labels in batches(dataset, batch_size, progress, desc="evaluate splits"):
         x = channels_last(images)
-        ref = reference(x)[0].argmax(dim=1)
+        ref_sent = reference(x)
+        ref = ref_sent[0].argmax(dim=1)
         correct_ref += int((ref == labels).sum())
         seen += len(labels)
-        for name, (head, tail) in parts.items():
-            sent = head(x)
+        for name, (cut, codecs) in cuts.items():
+            head, tail = parts[name]
+            sent = ref_sent if cut.index == last.index else head(x)  # the output cut's head is the model
             for codec in codecs:
                 received, nbytes = send_per_image(sent, codec)
                 pred = tail(tuple(channels_last(v) for v in received)).argmax(dim=1)
-                entry = tally[(name, codec.name)]
-                entry["correct"] += int((pred == labels).sum())
-                entry["agree"] += int((pred == ref).sum())
-                entry["bytes"] += nbytes
-    return {key: {"accuracy": e["correct"] / seen, "accuracy_reference": correct_ref / seen,
-                  "agreement": e["agree"] / seen, "bytes_mean": e["bytes"] / seen}
-            for key, e in tally.items()}
-
-
-def _cut_name(plan: Any, cut: Any) -> str:
-    return cut.name if hasattr(cut, "name") else plan.cut(cut).name
+                counts = tally[(name, codec.name)]
+                counts[0] += int((pred == labels).sum())
+                counts[1] += int((pred == ref).sum())
+                counts[2] += nbytes
+    return {key: {"accuracy": correct / seen, "accuracy_reference": correct_ref / seen,
+                  "agreement": agree / seen, "bytes_mean": nbytes / seen}
+            for key, (correct, agree, nbytes) in tally.items()}

@@ -62,7 +62,7 @@ def fit_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int, w
 
     Features are standardised for a well-conditioned fit; the scaling is folded back into the
     layer's weight and bias afterwards."""
-    x = features.double()
+    x, labels = features.double(), labels.clone()  # clone: plain tensors, not inference-mode ones
     mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
     z = (x - mean) / std
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)

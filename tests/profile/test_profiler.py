@@ -96,7 +96,7 @@ class HalfCodec(RawCodec):
 
 
 @pytest.mark.parametrize("change", ["weights", "device_threads", "server_threads", "slowdown", "codec",
-                                    "batch_sizes", "input_shape"])
+                                    "batch_sizes", "input_shape", "input_content"])
 def test_cache_is_invalidated_when_what_it_depends_on_changes(tmp_path, example, monkeypatch, change, tiny_model, tiny_plan):
     model = tiny_model()
     plan = tiny_plan(model)
@@ -120,6 +120,8 @@ def test_cache_is_invalidated_when_what_it_depends_on_changes(tmp_path, example,
         args["profile_cfg"]["batch_sizes"] = [1, 8]
     elif change == "input_shape":
         example = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    elif change == "input_content":
+        example = torch.zeros_like(example)
     again = get_profiles(model, plan, example, progress=False, **args)
     assert calls == [1]
     assert len(list(tmp_path.glob("*.json"))) == 2
@@ -164,3 +166,18 @@ def test_tail_on_cuda_leaves_the_model_on_the_cpu(example, tiny_model, tiny_plan
     assert [c.bytes_up for c in on_gpu.cuts] == [c.bytes_up for c in on_cpu.cuts]
     assert all(t > 0 for c in on_gpu.cuts[:-1] for t in c.tail_s.values())
     assert on_gpu.by_name("input").decode_s > 0
+
+
+def test_profiles_of_a_real_split_plan(tmp_path, example, tiny_model):
+    from splitcomp.split import analyze
+
+    model = tiny_model()
+    plan = analyze(model, example, codec=RawCodec())
+    profiles = get_profiles(model, plan, example, RawCodec(), DEVICE, SERVER, quick_cfg(tmp_path), progress=False)
+    assert profiles.names == [c.name for c in plan.candidates]
+    assert [c.index for c in profiles.cuts] == [c.index for c in plan.candidates]
+    assert profiles.cuts[0].is_full_offload and profiles.cuts[-1].is_device_only
+    for cut, planned in zip(profiles.cuts[:-1], plan.candidates[:-1], strict=True):
+        assert cut.bytes_up == planned.bytes  # the profiler's codec bytes agree with the plan's
+        assert cut.head_flops == planned.head_flops and cut.tail_flops == planned.tail_flops
+    assert profiles.cuts[-1].head_at(1) > 0

@@ -1,0 +1,157 @@
+"""Multirun sweeps in MLflow: one parent run per sweep, one child run per job.
+
+``SweepCallback`` is a Hydra callback (registered in ``conf/hydra/default.yaml``). When a multirun
+starts it opens the parent run in the configured experiment and exports its id; every job's
+``start_run_from_config`` tags its run with ``mlflow.parentRunId`` from there. When the sweep
+ends, the children's metrics are gathered into a summary table (artifacts ``sweep_summary.csv``,
+``sweep_summary.md``) and summary metrics on the parent.
+
+How the id reaches the jobs, whatever the launcher:
+
+* the environment variable ``SPLITCOMP_SWEEP_PARENT_RUN_ID``, set in the launching process (the
+  basic launcher runs the jobs there; joblib's worker processes inherit it);
+* ``on_job_start``, which runs inside each job (also on a SLURM node or a Ray worker, where the
+  callback object travels pickled with the job) and sets the variable from the callback's state;
+* a record ``mlflow_sweep.json`` in the sweep folder, for people and scripts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+PARENT_ENV = "SPLITCOMP_SWEEP_PARENT_RUN_ID"
+SWEEP_TAG = "splitcomp.sweep"
+OVERRIDES_TAG = "splitcomp.overrides"
+JOB_NUM_TAG = "splitcomp.job_num"
+RECORD_NAME = "mlflow_sweep.json"
+
+log = logging.getLogger("splitcomp")
+
+
+def sweep_parent_run_id() -> str | None:
+    """The id of the running sweep's parent run, or None outside a sweep."""
+    return os.environ.get(PARENT_ENV) or None
+
+
+def job_tags() -> dict[str, str]:
+    """Tags naming a Hydra job: its command-line overrides and, in a multirun, its job number."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    tags = {OVERRIDES_TAG: " ".join(hydra_cfg.overrides.task)}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        tags[JOB_NUM_TAG] = str(hydra_cfg.job.num)
+    return tags
+
+
+class SweepCallback(Callback):
+    """Groups a multirun's MLflow runs under a parent run that carries the sweep's summary."""
+
+    def __init__(self, summary: bool = True) -> None:
+        self.summary = summary
+        # plain values only: the callback is pickled with the jobs by remote launchers
+        self.parent_run_id: str | None = None
+        self.tracking_uri: str | None = None
+        self._closed = True
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from splitcomp.track.tracker import resolve_tracking_uri
+
+        tracking = config.get("tracking") or {}
+        self.tracking_uri = resolve_tracking_uri(tracking.get("uri"))
+        experiment = str(tracking.get("experiment") or "splitcomp")
+        client = self._client()
+        experiment_id = _experiment_id(client, experiment, self.tracking_uri)
+        overrides = " ".join(config.hydra.overrides.task)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        tags = {SWEEP_TAG: "true", OVERRIDES_TAG: overrides, "splitcomp.sweep_dir": str(sweep_dir.resolve()),
+                "splitcomp.launcher": str(config.hydra.launcher.get("_target_", "")),
+                "splitcomp.task": str(config.hydra.job.name)}
+        run = client.create_run(experiment_id, run_name=f"sweep-{sweep_dir.name}", tags=tags)
+        self.parent_run_id = run.info.run_id
+        self._closed = False
+        os.environ[PARENT_ENV] = self.parent_run_id
+        atexit.register(self._close_if_open)  # a failed job aborts the sweep before on_multirun_end
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        record = {"parent_run_id": self.parent_run_id, "tracking_uri": self.tracking_uri,
+                  "experiment": experiment, "overrides": overrides}
+        (sweep_dir / RECORD_NAME).write_text(json.dumps(record, indent=1) + "\n")
+        log.info("sweep parent run %s in experiment %r at %s", self.parent_run_id, experiment, self.tracking_uri)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_run_id:
+            os.environ[PARENT_ENV] = self.parent_run_id
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish("FINISHED")
+
+    def _close_if_open(self) -> None:
+        if not self._closed:
+            self._finish("FAILED")
+
+    def _finish(self, status: str) -> None:
+        if self._closed or not self.parent_run_id:
+            return
+        self._closed = True
+        client = self._client()
+        try:
+            if self.summary:
+                children = log_sweep_summary(client, self.parent_run_id)
+                if any(c.info.status != "FINISHED" for c in children):
+                    status = "FAILED"
+        finally:
+            client.set_terminated(self.parent_run_id, status=status)
+            os.environ.pop(PARENT_ENV, None)
+        log.info("sweep parent run %s %s", self.parent_run_id, status.lower())
+
+    def _client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+
+def _experiment_id(client: Any, name: str, uri: str) -> str:
+    from splitcomp.errors import PeerError
+
+    try:
+        experiment = client.get_experiment_by_name(name)
+        return experiment.experiment_id if experiment else client.create_experiment(name)
+    except Exception as exc:  # connection refused, bad URI, ...
+        raise PeerError(f"cannot reach the MLflow tracking store at {uri} ({exc}); "
+                        "check tracking.uri or MLFLOW_TRACKING_URI") from None
+
+
+def log_sweep_summary(client: Any, parent_run_id: str) -> list[Any]:
+    """Gather the children of ``parent_run_id`` into the summary table and log it (and summary
+    metrics) on the parent; returns the child runs."""
+    import tempfile
+
+    from splitcomp.track import report
+
+    parent = client.get_run(parent_run_id)
+    children = report.child_runs(client, parent)
+    table = report.job_table(children)
+    aggregates = report.policy_aggregates(table)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in report.write_tables(table, aggregates, Path(tmp), stem="sweep_summary"):
+            client.log_artifact(parent_run_id, str(path))
+    import time
+
+    from mlflow.entities import Metric
+
+    now_ms = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now_ms, 0) for k, v in report.summary_metrics(table, aggregates).items()]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(parent_run_id, metrics=metrics[i : i + 1000])
+    return children

@@ -1,0 +1,83 @@
+import pytest
+
+from splitcomp.errors import ConfigError
+from splitcomp.policy.estimators import (
+    EwmaEstimator,
+    HarmonicEstimator,
+    InFlight,
+    LastEstimator,
+    OracleEstimator,
+    capped,
+)
+from splitcomp.scenario.trace import Trace
+
+
+def feed(est, rates_bps, t0=0.0):
+    """One transfer per rate, 1 s apart; each of 1 MB."""
+    for i, rate in enumerate(rates_bps):
+        est.update(1e6, 8e6 / rate, t0 + i)
+
+
+def test_last_keeps_the_last_sample():
+    est = LastEstimator()
+    feed(est, [10e6, 40e6, 20e6])
+    assert est.estimate(3.0) == pytest.approx(20e6)
+
+
+def test_ewma_weights_the_newest_sample_by_alpha():
+    est = EwmaEstimator(alpha=0.25)
+    feed(est, [10e6, 50e6])
+    assert est.estimate(2.0) == pytest.approx(0.25 * 50e6 + 0.75 * 10e6)
+
+
+def test_harmonic_mean_of_the_last_n():
+    est = HarmonicEstimator(n=2)
+    feed(est, [1e6, 10e6, 40e6])
+    assert est.estimate(3.0) == pytest.approx(2 / (1 / 10e6 + 1 / 40e6))
+
+
+def test_an_outage_sample_measures_zero():
+    for est in (LastEstimator(), HarmonicEstimator(n=3)):
+        feed(est, [10e6])
+        est.update(0, 1.0, 2.0)  # nothing got through in a second
+        assert est.estimate(2.0) == 0.0
+
+
+def test_age_and_staleness_trigger_a_probe():
+    est = EwmaEstimator(max_age_s=0.5)
+    assert est.estimate(0.0) is None and est.age(0.0) is None and est.needs_probe(0.0)
+    est.update(16384, 0.01, t=1.0)
+    assert est.age(1.2) == pytest.approx(0.2)
+    assert not est.needs_probe(1.4)
+    assert est.needs_probe(1.6)
+    est.reset()
+    assert est.estimate(2.0) is None and est.needs_probe(2.0)
+
+
+def test_oracle_estimator_reads_the_trace_and_never_probes():
+    est = OracleEstimator()
+    est.bind(Trace([0.0, 5.0], [10e6, 2e6], 10.0))
+    assert est.estimate(1.0) == 10e6 and est.estimate(6.0) == 2e6
+    assert not est.needs_probe(100.0)
+
+
+def test_open_transfers_cap_the_estimate():
+    flight = InFlight()
+    flight.start("a", 1e6, t=0.0)  # 8 Mbit
+    assert flight.cap_bps(0.0) is None
+    assert flight.cap_bps(2.0) == pytest.approx(4e6)
+    assert capped(50e6, flight.cap_bps(2.0)) == pytest.approx(4e6)
+    assert capped(1e6, flight.cap_bps(2.0)) == 1e6
+    flight.finish("a")
+    assert flight.cap_bps(3.0) is None
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EwmaEstimator(alpha=0.0),
+    lambda: HarmonicEstimator(n=0),
+    lambda: LastEstimator(max_age_s=0),
+    lambda: LastEstimator(probe_bytes=0),
+])
+def test_bad_settings_are_config_errors(make):
+    with pytest.raises(ConfigError):
+        make()

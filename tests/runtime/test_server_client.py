@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from splitcomp.errors import PeerError
+from splitcomp.link.codecs import RawCodec
+from splitcomp.runtime.process import bind_listener
+from splitcomp.scenario.load import BatchLoad, TraceLoad
+
+
+def _request(client, plan, cut, x, request_id=0):
+    head, _ = plan.split(cut)
+    with torch.inference_mode():
+        values = tuple(head(x))
+    return client.exchange(client.request_frame(request_id, cut.index, values, RawCodec()))
+
+
+def test_every_cut_over_the_socket_equals_the_unsplit_model(tiny, live_server, connect):
+    model, _, plan, fingerprint = tiny
+    _, port = live_server()
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = model(x)
+    client = connect(port, fingerprint)
+    assert any(not cut.single_tensor for cut in plan.cuts), "the tiny model should have multi-tensor cuts"
+    for cut in plan.cuts[:-1]:
+        reply = _request(client, plan, cut, x, cut.index)
+        assert torch.equal(reply.logits, expected), cut.name
+        assert reply.report["request"] == cut.index and reply.report["queue_len"] == 0
+        assert reply.bytes_up > cut.bytes
+    client.close()
+
+
+def test_handshake_refuses_a_different_model(tiny, live_server, connect):
+    _, _, _, fingerprint = tiny
+    _, port = live_server()
+    other = dict(fingerprint, weights="0" * 16)
+    with pytest.raises(PeerError, match="different models: weights"):
+        connect(port, other)
+    connect(port, fingerprint).close()  # the server is still fine
+
+
+def test_unknown_cut_and_wrong_shape_are_refused_and_server_survives(tiny, live_server, connect):
+    _, _, plan, fingerprint = tiny
+    server, port = live_server()
+    client = connect(port, fingerprint)
+    with pytest.raises(PeerError, match="does not exist"):
+        client.exchange(client.request_frame(0, 999, (torch.zeros(1, 3, 32, 32, dtype=torch.uint8),), RawCodec()))
+    client = connect(port, fingerprint)
+    with pytest.raises(PeerError, match="does not fit this cut"):
+        client.exchange(client.request_frame(0, 0, (torch.zeros(1, 3, 16, 16, dtype=torch.uint8),), RawCodec()))
+    client = connect(port, fingerprint)
+    reply = _request(client, plan, plan.cuts[0], torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    assert reply.logits.shape == (1, 5)
+    assert server.rejected_frames == 0 and server.served >= 1
+
+
+def test_batch_load_is_computed_and_reported(tiny, live_server, connect):
+    _, example, plan, fingerprint = tiny
+    _, port = live_server(load_model=BatchLoad(batch_size=16))
+    client = connect(port, fingerprint)
+    reply = _request(client, plan, plan.cuts[0], example)
+    assert reply.report["batch_size"] == 16 and reply.logits.shape == (1, 5)
+
+
+def test_slowdown_trace_load_stretches_server_time(tiny, live_server, tmp_path, connect):
+    _, example, plan, fingerprint = tiny
+    path = tmp_path / "slow.csv"
+    path.write_text("t,slowdown\n0,20\n")
+    _, port = live_server(load_model=TraceLoad(path))
+    client = connect(port, fingerprint)
+    reply = _request(client, plan, plan.cuts[0], example)
+    assert reply.report["slowdown"] == 20
+    assert reply.report["server_s"] > 10 * reply.report["tail_s"]
+
+
+def test_unreachable_server_and_port_in_use_are_one_sentence(tiny, connect, free_port):
+    _, _, _, fingerprint = tiny
+    with pytest.raises(PeerError, match="cannot reach the edge server"):
+        connect(free_port, fingerprint)
+    listener = bind_listener("127.0.0.1", 0)
+    with pytest.raises(PeerError, match="already in use"):
+        bind_listener("127.0.0.1", listener.getsockname()[1])
+    listener.close()

@@ -1,0 +1,234 @@
+"""The trace-driven simulator: records, the oracle bound, estimation, probing, outages, load."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from splitcomp.errors import ConfigError
+from splitcomp.policy import (
+    Bandit,
+    BestStatic,
+    DeviceOnly,
+    Dynamic,
+    EwmaEstimator,
+    LastEstimator,
+    Neurosurgeon,
+    Oracle,
+    OracleEstimator,
+    ServerOnly,
+    Static,
+)
+from splitcomp.profile.latency import CutProfile, LatencyModel, Profiles
+from splitcomp.scenario import BatchLoad, ClientsLoad, LoadModel, markov, random_walk, square, step
+from splitcomp.scenario.arrivals import ClosedLoop, Periodic, Poisson
+from splitcomp.scenario.trace import Trace
+from splitcomp.sim import RECORD_FIELDS, RunEnv, SimRuntime, compare_policies, simulate, simulate_env
+
+CONTRACT_FIELDS = {
+    "request", "t_start", "cut", "cut_name", "bytes_up", "bytes_down", "device_s", "encode_s", "uplink_s",
+    "queue_s", "server_s", "downlink_s", "decode_s", "latency_s", "predicted_latency_s", "rate_trace_bps",
+    "rate_estimate_bps", "server_load", "fallback", "prediction", "reference", "label",
+}
+DEVICE_ONLY_S = 0.080
+
+
+def candidates() -> list[CutProfile]:
+    """Full offloading wins above ~40 Mbit/s, "mid" from ~5 to ~40, device-only (80 ms) below."""
+    def cut(index, name, up, head, tail, **flags):
+        tails = {1: 0.0} if flags.get("is_device_only") else {1: tail, 8: 4 * tail}
+        return CutProfile(index, name, up, 0 if flags.get("is_device_only") else 40, {1: head}, tails, **flags)
+
+    return [
+        cut(0, "input", 150_000, 0.0, 0.010, is_full_offload=True),
+        cut(3, "mid", 20_000, 0.030, 0.006, encode_s=0.001, decode_s=0.001),
+        cut(6, "late", 4_000, 0.060, 0.002),
+        cut(9, "output", 0, DEVICE_ONLY_S, 0.0, is_device_only=True),
+    ]
+
+
+def env(uplink: Trace, policy=None, n: int = 200, **kw) -> RunEnv:
+    cands = candidates()
+    kw.setdefault("estimator", EwmaEstimator(max_age_s=0.5))
+    kw.setdefault("arrivals", Periodic(0.1))
+    return RunEnv(cands, LatencyModel(Profiles({}, cands), rtt_s=0.01), policy or Dynamic(), uplink=uplink,
+                  n_requests=n, **kw)
+
+
+def latencies(records) -> np.ndarray:
+    return np.array([r["latency_s"] for r in records])
+
+
+class Slowdown(LoadModel):
+    kind = "trace"
+
+    def slowdown_at(self, t: float) -> float:
+        return 3.0 if t % 10 < 5 else 1.0
+
+
+OUTAGE = step([[0, 60e6], [6, 0.0], [9, 3e6], [14, 120e6]], duration=20)
+SCENARIOS = {
+    "constant": (Trace([0.0], [15e6], 30.0), None),
+    "square_batch": (square(100e6, 2e6, period_s=4, duration=30), BatchLoad(schedule=[[0, 1], [7, 8], [14, 1]])),
+    "outage_clients": (OUTAGE, ClientsLoad(clients=0, rate_hz=40, schedule=[[0, 0], [3, 6], [12, 0]])),
+    "markov_slowdown": (markov(good_bps=80e6, bad_bps=3e6, mean_good_s=3, mean_bad_s=2, duration=30, seed=2),
+                        Slowdown()),
+    "walk": (random_walk(start_bps=20e6, min_bps=0.5e6, max_bps=200e6, sigma=0.5, duration=30, seed=4), None),
+}
+
+
+def test_records_have_exactly_the_contract_fields():
+    records = simulate_env(env(OUTAGE, n=50))
+    assert set(RECORD_FIELDS) == CONTRACT_FIELDS
+    for r in records:
+        assert set(r) == CONTRACT_FIELDS
+        assert r["prediction"] is None and r["reference"] is None and r["label"] is None
+    assert [r["request"] for r in records] == list(range(50))
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_oracle_is_never_slower_than_any_policy(name):
+    """Periodic arrivals give every policy the same start times, so the bound holds per request."""
+    uplink, load = SCENARIOS[name]
+    base = env(uplink, n=200, load_model=load)
+    policies = {
+        "oracle": Oracle(), "device_only": DeviceOnly(), "server_only": ServerOnly(), "mid": Static("mid"),
+        "best_static": BestStatic(), "dynamic": Dynamic(), "dynamic_h": Dynamic(hysteresis=0.2),
+        "neurosurgeon": Neurosurgeon(), "bandit": Bandit(),
+    }
+    runs = compare_policies(base, policies)
+    oracle = latencies(runs["oracle"])
+    starts = [r["t_start"] for r in runs["oracle"]]
+    for policy, records in runs.items():
+        assert [r["t_start"] for r in records] == starts
+        lat = latencies(records)
+        assert np.all(oracle <= lat + 1e-9), f"{policy} beats the oracle on {name}"
+        assert oracle.mean() <= lat.mean() + 1e-12
+    assert not any(r["fallback"] for r in runs["oracle"])
+
+
+def test_prediction_is_exact_with_the_true_rate_and_no_noise():
+    records = simulate_env(env(Trace([0.0], [15e6], 30.0), estimator=OracleEstimator(), n=100))
+    for r in records:
+        assert r["predicted_latency_s"] == pytest.approx(r["latency_s"], rel=1e-9)
+
+
+def test_noise_makes_prediction_errors_visible_but_unbiased():
+    records = simulate_env(env(Trace([0.0], [15e6], 30.0), policy=Static("mid"), estimator=OracleEstimator(),
+                               n=2000, sim_options={"noise": 0.2}))
+    ratio = np.array([r["latency_s"] / r["predicted_latency_s"] for r in records])
+    assert ratio.std() > 0.02
+    assert ratio.mean() == pytest.approx(1.0, abs=0.03)
+
+
+def test_a_fixed_seed_gives_identical_runs():
+    def run(seed, policy):
+        e = env(SCENARIOS["walk"][0], policy, n=300, seed=seed, arrivals=Poisson(8.0), sim_options={"noise": 0.1})
+        return simulate_env(e)
+
+    for make in (Dynamic, Bandit):
+        a, b = run(5, make()), run(5, make())
+        assert a == b
+        assert [r["t_start"] for r in run(6, make())] != [r["t_start"] for r in a]
+
+
+def test_the_estimator_learns_the_rate_from_the_uplink_transfers():
+    records = simulate_env(env(Trace([0.0], [20e6], 30.0), policy=Static("input"), estimator=LastEstimator()))
+    assert records[-1]["rate_estimate_bps"] == pytest.approx(20e6)
+    assert records[-1]["bytes_up"] == 150_000 + 200  # payload plus the frame overhead
+
+
+def test_device_only_requests_feed_nothing_but_probes_keep_the_estimate_fresh():
+    stats = {}
+    e = env(step([[0, 20e6], [10, 5e6]], duration=20), policy=DeviceOnly(), estimator=LastEstimator(max_age_s=1.0))
+    records = simulate_env(e, stats=stats)
+    assert all(r["bytes_up"] == 0 for r in records)
+    assert 15 <= stats["probes"] <= 21  # about one a second over 20 s
+    assert records[-1]["rate_estimate_bps"] == pytest.approx(5e6, rel=0.01)
+
+
+def _offload_share_after(records, t):
+    late = [r for r in records if r["t_start"] > t]
+    return sum(r["cut_name"] != "output" for r in late) / len(late)
+
+
+def test_probes_recover_a_stale_estimate_after_a_dip():
+    """The starvation trap: after a dip the policy goes device-only and stops measuring; only
+    probing brings offloading back once the channel recovers."""
+    dip = step([[0, 50e6], [10, 0.3e6], [25, 50e6]], duration=60)
+    closed = ClosedLoop()
+    stats = {}
+    probing = simulate_env(env(dip, n=600, arrivals=closed, estimator=EwmaEstimator(max_age_s=0.5)), stats=stats)
+    passive = simulate_env(env(dip, n=600, arrivals=closed, estimator=EwmaEstimator(max_age_s=1e9)))
+    for records in (probing, passive):
+        assert records[-1]["t_start"] > 30
+        assert all(r["cut_name"] == "output" for r in records if 20 < r["t_start"] < 25)
+    assert stats["probes"] >= 5
+    assert _offload_share_after(probing, 27.0) > 0.95
+    assert _offload_share_after(passive, 27.0) == 0.0  # without probes it never comes back
+
+
+def test_open_transfers_stop_a_stale_estimate_from_flooding_an_outage():
+    outage = step([[0, 100e6], [5, 0.0], [10, 100e6]], duration=20)
+    stats = {}
+    records = simulate_env(env(outage, n=150), stats=stats)
+    assert 1 <= stats["fallbacks"] <= 3  # only the requests sent before the first one got stuck
+    assert all(r["cut_name"] == "output" for r in records if 5.5 < r["t_start"] < 10)
+
+
+def test_outages_end_in_a_timeout_and_a_fallback():
+    stats = {}
+    records = simulate_env(env(OUTAGE, policy=ServerOnly(), n=200, timeout_s=1.0), stats=stats)
+    fallbacks = [r for r in records if r["fallback"]]
+    assert fallbacks and stats["fallbacks"] == len(fallbacks)
+    for r in fallbacks:
+        assert r["latency_s"] == pytest.approx(1.0 + DEVICE_ONLY_S)
+        assert r["bytes_down"] == 0
+    assert all(math.isfinite(r["latency_s"]) for r in records)
+
+
+def test_a_dead_channel_never_divides_by_zero():
+    dead = Trace([0.0], [0.0], 10.0)
+    for policy in (Dynamic(), ServerOnly(), Oracle(), Bandit(), Neurosurgeon()):
+        records = simulate_env(env(dead, policy=policy, n=30))
+        assert all(math.isfinite(r["latency_s"]) and r["latency_s"] <= 1.0 + DEVICE_ONLY_S + 1e-9 for r in records)
+    assert {r["cut_name"] for r in simulate_env(env(dead, n=30))} == {"output"}
+
+
+def test_server_load_models_shape_the_server_terms():
+    fast = Trace([0.0], [1e9], 10.0)
+    batch = simulate_env(env(fast, Static("input"), n=5, load_model=BatchLoad(batch_size=8)))
+    assert batch[0]["server_s"] == pytest.approx(0.040) and batch[0]["server_load"] == 8
+    clients = simulate_env(env(fast, Static("input"), n=5, load_model=ClientsLoad(clients=3, rate_hz=10)))
+    assert clients[0]["queue_s"] == pytest.approx(3 * (10 * 0.010) * 0.010)  # utilisation x service time
+    slow = simulate_env(env(fast, Static("mid"), n=5, load_model=Slowdown()))
+    assert slow[0]["server_s"] == pytest.approx(3 * 0.006)
+
+
+def test_dynamic_moves_away_from_a_loaded_server():
+    fast = Trace([0.0], [300e6], 20.0)
+    load = BatchLoad(schedule=[[0, 1], [10, 64]])
+    records = simulate_env(env(fast, n=200, load_model=load))
+    assert all(r["cut_name"] == "input" for r in records[10:90])
+    assert all(r["cut_name"] != "input" for r in records[-50:])
+
+
+def test_sim_runtime_runs_an_environment():
+    runtime = SimRuntime(n_requests=25, noise=0.1)
+    records = runtime.run(env(OUTAGE, n=999))
+    assert len(records) == 25 and "probes" in runtime.stats
+    with pytest.raises(ConfigError):
+        SimRuntime(noise=-1)
+
+
+def test_simulate_checks_its_arguments():
+    e = env(OUTAGE)
+    with pytest.raises(ConfigError):
+        simulate(e.candidates, e.latency_model, Dynamic(), e.estimator, e.arrivals, e.uplink, n_requests=0)
+    with pytest.raises(ConfigError):
+        simulate([], e.latency_model, Dynamic(), e.estimator, e.arrivals, e.uplink)
+    with pytest.raises(ConfigError):
+        simulate_env(dataclasses.replace(e, timeout_s=0))
