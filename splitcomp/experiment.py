@@ -64,9 +64,8 @@ def make_env(cfg: DictConfig, scenario: Scenario, policy_cfg: Any) -> RunEnv:
     env = RunEnv(candidates=list(scenario.profiles.cuts), latency_model=latency_model,
                  policy=instantiate(policy_cfg), estimator=instantiate(cfg.estimator),
                  arrivals=instantiate(cfg.arrivals), uplink=scenario.uplink, downlink=scenario.downlink,
-                 load_model=scenario.load_model, n_requests=scenario.n_requests, seed=int(cfg.seed))
-    env.estimator.bind(scenario.uplink) if hasattr(env.estimator, "bind") else None
-    env.policy.prepare(env)
+                 load_model=scenario.load_model, n_requests=scenario.n_requests, seed=int(cfg.seed),
+                 timeout_s=float(cfg.link.get("max_transfer_s") or 5.0))
     return env
 
 

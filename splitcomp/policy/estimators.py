@@ -24,7 +24,7 @@ class RateEstimator(ABC):
 
     name = "estimator"
 
-    def __init__(self, max_age_s: float = 1.0, probe_bytes: int = 16384) -> None:
+    def __init__(self, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
         if max_age_s <= 0:
             raise ConfigError(f"estimator max_age_s must be positive, got {max_age_s}; set estimator.max_age_s > 0.")
         if probe_bytes <= 0:
@@ -80,7 +80,7 @@ class LastEstimator(RateEstimator):
 
     name = "last"
 
-    def __init__(self, max_age_s: float = 1.0, probe_bytes: int = 16384) -> None:
+    def __init__(self, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
         super().__init__(max_age_s, probe_bytes)
         self._rate: float | None = None
 
@@ -100,7 +100,7 @@ class EwmaEstimator(RateEstimator):
 
     name = "ewma"
 
-    def __init__(self, alpha: float = 0.3, max_age_s: float = 1.0, probe_bytes: int = 16384) -> None:
+    def __init__(self, alpha: float = 0.3, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
         super().__init__(max_age_s, probe_bytes)
         if not 0 < alpha <= 1:
             raise ConfigError(f"ewma alpha must be in (0, 1], got {alpha}; set estimator.alpha accordingly.")
@@ -123,7 +123,7 @@ class HarmonicEstimator(RateEstimator):
 
     name = "harmonic"
 
-    def __init__(self, n: int = 5, max_age_s: float = 1.0, probe_bytes: int = 16384) -> None:
+    def __init__(self, n: int = 5, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
         super().__init__(max_age_s, probe_bytes)
         if n < 1:
             raise ConfigError(f"harmonic estimator n must be at least 1, got {n}; set estimator.n >= 1.")
@@ -150,7 +150,7 @@ class OracleEstimator(RateEstimator):
 
     name = "oracle"
 
-    def __init__(self, max_age_s: float = 1.0, probe_bytes: int = 16384) -> None:
+    def __init__(self, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
         super().__init__(max_age_s, probe_bytes)
         self._trace: Trace | None = None
 

@@ -48,8 +48,9 @@ class ServerProcess:
     """A ``splitcomp-serve`` child process started from the run's resolved config."""
 
     def __init__(self, config_file: Path, work_dir: Path, prefix: list[str] | None = None,
-                 start_timeout_s: float = 120.0) -> None:
+                 start_timeout_s: float = 120.0, extra_overrides: list[str] | None = None) -> None:
         self.config_file = Path(config_file)
+        self.extra_overrides = list(extra_overrides or [])
         self.work_dir = Path(work_dir)
         self.prefix = list(prefix or [])
         self.start_timeout_s = start_timeout_s
@@ -76,7 +77,7 @@ class ServerProcess:
                    "--config-path", str(self.config_file.parent.resolve()),
                    "--config-name", self.config_file.stem,
                    f"hydra.run.dir={self.work_dir.resolve()}", "hydra.output_subdir=null",
-                   f"++server.ready_file={ready.resolve()}"]
+                   f"++server.ready_file={ready.resolve()}", *self.extra_overrides]
         log_file = open(self.work_dir / "server.log", "ab")  # noqa: SIM115 (kept open for the child)
         self.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)

@@ -108,6 +108,9 @@ class SocketRuntime:
             if self.session is None:
                 raise RuntimeError("SocketRuntime.run needs parts or an attached session")
             parts = self.session.parts(env)
+        env.policy.prepare(env)  # as the simulator does: hindsight policies look at the scenario
+        env.estimator.reset()
+        env.estimator.bind(env.uplink)
         run = _Run(env, parts, Reconnector(parts.connect, self.backoff_s, self.max_backoff_s), self.probe)
         run.reconnector.client = parts.connect()  # an unreachable server at the start is an error
         samples = iter(parts.samples)

@@ -10,13 +10,13 @@ SHAPES = [(), (1,), (3, 5), (2, 3, 7, 5), (1, 0, 4)]
 DTYPES = [torch.float32, torch.float16, torch.int8, torch.uint8]
 
 
-def _roundtrip(frame_bytes, limits=Limits(), secret=None):
+def _roundtrip(frame_bytes, limits=None, secret=None):
     a, b = socket.socketpair()
     with a, b:
         b.settimeout(5)
         a.sendall(frame_bytes)
         a.shutdown(socket.SHUT_WR)
-        return read_frame(b, limits, secret)
+        return read_frame(b, limits or Limits(), secret)
 
 
 def _random(shape, dtype):

@@ -26,3 +26,12 @@ def assert_exact():
         assert not wrong, f"split output differs from the model at cuts {wrong}"
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two threads contending make tiny convs 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -40,7 +40,7 @@ def test_simulated_runtime_logs_the_same_metrics(run_task, mlflow_runs):
 @pytest.mark.parametrize("overrides, message", [
     (["model.name=not_a_model"], "not_a_model"),
     (["policy=static", "policy.cut=nope"], "nope"),
-    (["server.address=127.0.0.1:1"], "cannot reach the edge server"),
+    (["server.address=127.0.0.1:1"], "edge server at 127.0.0.1:1"),
 ])
 def test_bad_input_is_one_sentence(run_task, overrides, message):
     result = run_task("run", *SMALL, *overrides, check=False)
