@@ -100,15 +100,29 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> di
         tracker.log_artifact(out_dir / "config.yaml")
         if runtime.needs_sockets:
             runtime.attach(open_socket_session(cfg, scenario, server, clock))
-        for name, policy_cfg in policies.items():
-            records = runtime.run(make_env(cfg, scenario, policy_cfg))
-            results[name] = {"records": records, "metrics": summarize(records)}
+        try:
+            for name, policy_cfg in policies.items():
+                records = runtime.run(make_env(cfg, scenario, policy_cfg))
+                results[name] = {"records": records, "metrics": summarize(records)}
+        except BaseException:  # Ctrl-C or a crash: keep what was measured, the run ends KILLED/FAILED
+            log_partial(tracker, runtime, results)
+            raise
         main = results[main_name]
         log_main_run(tracker, main, scenario, out_dir)
         comparison = log_comparison(tracker, results, main_name, out_dir)
         tracker.log_metrics({"wall_s": time.perf_counter() - started})
         print_summary(tracker, main, comparison, tracking)
     return {"metrics": main["metrics"], "comparison": comparison, "run_id": tracker.run_id}
+
+
+def log_partial(tracker: Any, runtime: Any, results: dict[str, dict[str, Any]]) -> None:
+    """Log the records gathered before an interruption (finished policies and the one running)."""
+    for name, result in results.items():
+        tracker.log_records(result["records"], f"records_{name}.csv")
+    partial = list(getattr(runtime, "records", []) or [])
+    if partial:
+        tracker.log_records(partial, "records_partial.csv")
+        tracker.log_metrics({f"partial_{k}": v for k, v in summarize(partial).items()})
 
 
 def log_main_run(tracker: Any, main: dict[str, Any], scenario: Scenario, out_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ class EdgeClient:
 
     def __init__(self, host: str, port: int, fingerprint: dict[str, str], clock: Any, link: Any = None,
                  connect_timeout_s: float = 5.0, io_timeout_s: float = 30.0, secret: bytes | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
         self.fingerprint = fingerprint
         self.clock = clock
@@ -53,6 +54,7 @@ class EdgeClient:
         self.io_timeout_s = io_timeout_s
         self.secret = secret
         self.limits = limits or Limits()
+        self.tls = tls
         self.sock: socket.socket | None = None
         self.server_info: dict[str, Any] = {}
 
@@ -68,6 +70,13 @@ class EdgeClient:
                             "start it with splitcomp-serve or check server.address") from None
         sock.settimeout(self.io_timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                raise HandshakeError(f"TLS with the edge server at {self.host}:{self.port} failed ({exc}); "
+                                     "check server.tls on both sides") from None
         self.sock = sock
         try:
             self._send(encode_frame(Kind.HELLO, {"fingerprint": self.fingerprint,

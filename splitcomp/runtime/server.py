@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class ServerSettings:
     max_clients: int = 64
     secret: bytes | None = None
     limits: Limits = field(default_factory=Limits)
+    tls: ssl.SSLContext | None = None
 
 
 @dataclass
@@ -127,6 +129,8 @@ class EdgeServer:
         conn.settimeout(self.settings.io_timeout_s)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            if self.settings.tls is not None:
+                conn = self.settings.tls.wrap_socket(conn, server_side=True)
             downlink = self._handshake(conn)
             while not self.stop_event.is_set():
                 frame = self._read(conn)

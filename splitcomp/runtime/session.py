@@ -15,6 +15,7 @@ from splitcomp.runtime.background import BackgroundClients
 from splitcomp.runtime.client import EdgeClient, parse_address
 from splitcomp.runtime.device import Device
 from splitcomp.runtime.process import ServerProcess
+from splitcomp.runtime.security import auth_secret, client_tls
 from splitcomp.runtime.socket_runtime import SocketParts
 
 log = logging.getLogger("splitcomp")
@@ -29,13 +30,14 @@ class SocketSession:
         self.host, self.port = host, port
         self.clock = clock
         self.device = Device(scenario.work.model, scenario.work.plan, float(cfg.device.slowdown))
-        self.secret = str(cfg.server.auth_secret).encode() if cfg.server.get("auth_secret") else None
+        self.secret = auth_secret(cfg.server)
+        self.tls = client_tls(cfg.server)
 
     def connect(self, link: Any = None) -> EdgeClient:
         client = EdgeClient(self.host, self.port, self.scenario.work.fingerprint, self.clock,
                             link=self.scenario.link if link is None else link,
                             connect_timeout_s=float(self.cfg.server.connect_timeout_s),
-                            io_timeout_s=float(self.cfg.server.io_timeout_s), secret=self.secret)
+                            io_timeout_s=float(self.cfg.server.io_timeout_s), secret=self.secret, tls=self.tls)
         client.connect()
         return client
 

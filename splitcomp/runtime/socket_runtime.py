@@ -97,6 +97,7 @@ class SocketRuntime:
         self.probe = probe
         self.progress = progress
         self.session: Any = None
+        self.records: list[dict[str, Any]] = []
 
     def attach(self, session: Any) -> None:
         """The socket session (link, server address, device) that :meth:`run` uses."""
@@ -114,7 +115,8 @@ class SocketRuntime:
         run = _Run(env, parts, Reconnector(parts.connect, self.backoff_s, self.max_backoff_s), self.probe)
         run.reconnector.client = parts.connect()  # an unreachable server at the start is an error
         samples = iter(parts.samples)
-        records = []
+        records: list[dict[str, Any]] = []
+        self.records = records  # readable after an interruption
         bar = tqdm(total=env.n_requests, desc=f"{getattr(env.policy, 'name', 'policy')} requests",
                    disable=not self.progress, unit="req")
         if parts.background is not None:

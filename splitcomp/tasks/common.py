@@ -40,7 +40,7 @@ def user_errors_are_one_line(func: F) -> F:
 
 
 def _exit_with(exc: BaseException) -> None:
-    print(f"error: {exc}", file=sys.stderr)
+    print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the cause says
     sys.exit(2)
 
 

@@ -15,17 +15,13 @@ from omegaconf import DictConfig
 from splitcomp.link.wire import Limits
 from splitcomp.profile.timing import pin_to_cores
 from splitcomp.runtime.process import bind_listener, write_ready_file
+from splitcomp.runtime.security import auth_secret, server_tls
 from splitcomp.runtime.server import EdgeServer, LoadEffects, ServerSettings
 from splitcomp.runtime.tails import TailBank
 from splitcomp.tasks.build import build_workload, torch_device
 from splitcomp.tasks.common import CONF_DIR, user_errors_are_one_line
 
 log = logging.getLogger("splitcomp.server")
-
-
-def auth_secret(server_cfg: DictConfig) -> bytes | None:
-    secret = server_cfg.get("auth_secret")
-    return str(secret).encode() if secret else None
 
 
 def build_server(cfg: DictConfig) -> EdgeServer:
@@ -38,7 +34,7 @@ def build_server(cfg: DictConfig) -> EdgeServer:
     link = instantiate(cfg.link)
     downlink = downlink_factory(cfg, link)
     settings = ServerSettings(io_timeout_s=float(cfg.server.io_timeout_s), max_batch=int(cfg.server.max_batch),
-                              secret=auth_secret(cfg.server),
+                              secret=auth_secret(cfg.server), tls=server_tls(cfg.server),
                               limits=Limits(max_payload_bytes=int(cfg.server.get("max_payload_bytes", 256 << 20))))
     return EdgeServer(TailBank(work.plan, work.example_input.to(device), device), work.fingerprint,
                       LoadEffects(load_model), downlink, settings)

@@ -30,6 +30,19 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an unreachable tracking server (MLflow itself retries for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PeerError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it or fix "
+                        "tracking.uri / MLFLOW_TRACKING_URI") from None
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
     """``MLFLOW_TRACKING_URI`` wins over the config; a relative sqlite path gets its folder made."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///outputs/mlflow.db"
@@ -107,6 +120,8 @@ def start_run(
 ) -> Iterator[Tracker]:
     """Open an MLflow run; it ends FINISHED, FAILED on an exception, KILLED on Ctrl-C."""
     tracking_uri = resolve_tracking_uri(uri)
+    if tracking_uri.startswith(("http://", "https://")):
+        check_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         mlflow.set_experiment(experiment)

@@ -51,7 +51,7 @@ def test_exact_at_every_natural_bottleneck(name, assert_exact):
     assert_exact(model, plan, x, plan.candidates, over_wire=True)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "squeezenet1_1"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "squeezenet1_1", "shufflenet_v2_x0_5"])
 def test_exact_at_every_single_tensor_cut(name, assert_exact):
     model, x = build(name)
     plan = analyze(model, x, rule=SingleTensorRule())

@@ -41,12 +41,26 @@ def test_simulated_runtime_logs_the_same_metrics(run_task, mlflow_runs):
     (["model.name=not_a_model"], "not_a_model"),
     (["policy=static", "policy.cut=nope"], "nope"),
     (["server.address=127.0.0.1:1"], "edge server at 127.0.0.1:1"),
+    (["channel=constant", "channel.rate_bps=-5"], "rate"),
+    (["channel=trace", "channel.path={tmp}/empty.csv"], "empty.csv"),
+    (["model.weights={tmp}/corrupt.pth"], "corrupt.pth"),
+    (["tracking.uri=http://127.0.0.1:1"], "tracking server"),
+    (["device.slowdown=0.5"], "device.slowdown"),
 ])
-def test_bad_input_is_one_sentence(run_task, overrides, message):
+def test_bad_input_is_one_sentence(run_task, tmp_path, overrides, message):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
     result = run_task("run", *SMALL, *overrides, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_option_is_named(run_task):
+    result = run_task("run", "no_such_option=3", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no_such_option" in result.stderr
 
 
 def test_config_composes_and_prints(run_task):
@@ -54,3 +68,30 @@ def test_config_composes_and_prints(run_task):
     for group in ["model", "dataset", "bottleneck", "channel", "server_load", "link", "codec", "policy",
                   "tracking"]:
         assert f"\n{group}:" in "\n" + result.stdout, group
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_its_records(shared_store, experiment_name, tmp_path, mlflow_runs):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "splitcomp.tasks.run", *SMALL, "dataset.limit=400", "policy=server_only",
+               "link=shaped", "channel=constant", "channel.rate_bps=4000000", f"tracking.experiment={experiment_name}",
+               f"tracking.uri=sqlite:///{shared_store}/mlflow.db", f"hydra.run.dir={tmp_path}/run",
+               f"profile.cache_dir={shared_store}/profiles"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"))
+    seen, deadline = b"", time.monotonic() + 180
+    while b"5/400" not in seen and time.monotonic() < deadline and proc.poll() is None:
+        seen += os.read(proc.stderr.fileno(), 4096)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    (run,) = mlflow_runs()
+    assert run.info.status == "KILLED"
+    assert 5 <= run.data.metrics["partial_requests"] < 400
+    import mlflow
+
+    artifacts = [a.path for a in mlflow.MlflowClient(f"sqlite:///{shared_store}/mlflow.db").list_artifacts(run.info.run_id)]
+    assert "records_partial.csv" in artifacts
