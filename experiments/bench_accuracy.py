@@ -42,11 +42,11 @@ def codecs_for(cut_name: str) -> list[Codec]:
     return [RawCodec(), ZstdCodec(), Float16Codec(), Int8Codec()]
 
 
-def run(image_size: int, limit: int | None, batch_size: int, train_limit: int) -> dict:
+def run(image_size: int, limit: int | None, batch_size: int, train_limit: int, checkpoint: str | None) -> dict:
     torch.manual_seed(0)
     model = fitted_model(lite0(image_size=image_size),
                          {"_target_": "splitcomp.workload.datasets.FashionMNIST", "image_size": image_size},
-                         fit={"limit": train_limit}).eval()
+                         checkpoint=checkpoint, fit={"limit": train_limit}).eval()
     test_set = FashionMNIST(split="test", image_size=image_size, limit=limit)
     plan = analyze(model, torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
     plan_cuts = {cut.name: cut for cut in plan.candidates}
@@ -63,6 +63,7 @@ def run(image_size: int, limit: int | None, batch_size: int, train_limit: int) -
     reference = rows[0]["accuracy_reference"]
     lossless = [row["agreement"] for row in rows if row["lossless"]]
     return {"config": {"image_size": image_size, "test_images": len(test_set), "limit": limit,
+                       "checkpoint": checkpoint,
                        "train_images": train_limit, "batch_size": batch_size,
                        "natural_bottlenecks": [c.name for c in plan.natural_bottlenecks]},
             "unsplit_accuracy": reference, "evaluate_s": time.perf_counter() - start, "rows": rows,
@@ -100,10 +101,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--train-limit", type=int, default=3000, help="training images if the head is fitted")
+    parser.add_argument("--checkpoint", help="head checkpoint (default: the one model=fitted uses)")
     args = parser.parse_args()
     limit = args.limit if args.limit is not None else (QUICK_LIMIT if args.quick else None)
     try:
-        report = run(args.image_size, limit, args.batch_size, args.train_limit)
+        report = run(args.image_size, limit, args.batch_size, args.train_limit, args.checkpoint)
     except SplitcompError as exc:
         sys.exit(f"error: {exc}")
     report["config"]["quick"] = args.quick

@@ -43,10 +43,12 @@ class Scenario:
     n_requests: int
 
 
-def build_scenario(cfg: DictConfig, link: Any) -> Scenario:
+def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True) -> Scenario:
     work = build_workload(cfg)
     dataset = instantiate(cfg.dataset)
-    n_requests = int(cfg.runtime.get("n_requests") or len(dataset))
+    n_requests = int(cfg.get("requests") or len(dataset))
+    if needs_images:  # each real request classifies one image; the simulator needs none
+        n_requests = min(n_requests, len(dataset))
     if n_requests <= 0:
         raise ConfigError("the run has no requests: the dataset is empty or dataset.limit is 0")
     profiles = get_profiles(work.model, work.plan, work.example_input, work.codec, cfg.device, cfg.server,
@@ -93,7 +95,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> di
         link = instantiate(cfg.link)
         clock = ScenarioClock()
         server = launch_server(cfg, link, clock, stack, out_dir) if runtime.needs_sockets else None
-        scenario = build_scenario(cfg, link)
+        scenario = build_scenario(cfg, link, needs_images=runtime.needs_sockets)
         tracker = stack.enter_context(start_run_from_config(tracking, config=config,
                                                             run_name=tracking.get("run_name")))
         OmegaConf.save(cfg, out_dir / "config.yaml")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable
 from typing import Any
-
-import torch
 
 from splitcomp.errors import PeerError
 from splitcomp.link.codecs import RawCodec
@@ -19,11 +18,11 @@ class BackgroundClients:
     """``load_model.clients_at(t)`` threads, each a device sending full-offload requests in a
     closed loop over its own connection; thread i is active while i < clients_at(now)."""
 
-    def __init__(self, load_model: Any, connect: Callable[[], Any], example: torch.Tensor, clock: Any,
+    def __init__(self, load_model: Any, connect: Callable[[], Any], values: tuple[Any, ...], clock: Any,
                  cut_index: int = 0, rate_hz: float | None = None) -> None:
         self.load_model = load_model
         self.connect = connect
-        self.example = example
+        self.values = values  # what crosses the background clients' cut (their head ran once)
         self.clock = clock
         self.cut_index = cut_index
         self.rate_hz = rate_hz
@@ -56,7 +55,7 @@ class BackgroundClients:
                 continue
             try:
                 client = client if client is not None and client.connected else self.connect()
-                frame = client.request_frame(-1 - i, self.cut_index, (self.example,), RawCodec())
+                frame = client.request_frame(-1 - i, self.cut_index, self.values, RawCodec())
                 client.exchange(frame)
                 self.sent += 1
             except PeerError as exc:
@@ -64,8 +63,8 @@ class BackgroundClients:
                 log.debug("background client %d: %s", i, exc)
                 client = None
                 self.stop_event.wait(0.2)
-            if self.rate_hz:
-                self.stop_event.wait(1.0 / self.rate_hz)
+            if self.rate_hz:  # open loop: Poisson gaps
+                self.stop_event.wait(random.expovariate(self.rate_hz))
         if client is not None:
             client.close()
 

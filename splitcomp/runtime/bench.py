@@ -82,8 +82,8 @@ def socket_bench(overrides: Sequence[str], out_dir: Path | None = None) -> Itera
         pin_to_cores(cfg.device.get("pin_cores"))
         link = instantiate(cfg.link)
         clock = ScenarioClock()
+        scenario = build_scenario(cfg, link)  # profiles first: the server's start-up would slow them
         server = launch_server(cfg, link, clock, stack, Path(out_dir))
-        scenario = build_scenario(cfg, link)
         session = open_socket_session(cfg, scenario, server, clock)
         runtime = instantiate(cfg.runtime)
         runtime.attach(session)

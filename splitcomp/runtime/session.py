@@ -45,9 +45,12 @@ class SocketSession:
         """Fresh clock and background load for one policy's run over the same scenario."""
         self.clock.origin = time.time()
         background = None
-        if getattr(self.scenario.load_model, "kind", "none") == "clients":
-            background = BackgroundClients(self.scenario.load_model, lambda: self.connect(_Unshaped()),
-                                           self.scenario.work.example_input, self.clock)
+        load = self.scenario.load_model
+        if getattr(load, "kind", "none") == "clients":
+            cut = self.scenario.work.plan.cut(load.cut)
+            head_run = self.device.run_head(cut.index, self.scenario.work.example_input)
+            background = BackgroundClients(load, lambda: self.connect(_Unshaped()), head_run.values, self.clock,
+                                           cut_index=cut.index, rate_hz=load.rate_hz)
         dataset = self.scenario.dataset
         samples = (dataset[i] for i in range(min(len(dataset), env.n_requests)))
         return SocketParts(self.device, samples, self.scenario.work.codec, self.scenario.link, self.connect,

@@ -4,7 +4,8 @@ For each node we keep the kind of value (tensor, small plain value, or something
 cross a cut such as a tuple of tensors), its tensor elements, its bytes under the codec and the
 FLOPs it costs. FLOPs are those of ``torch.utils.flop_counter`` (2 per multiply-add, counted for
 convolutions and matrix products; elementwise work is not counted). ``nn.MultiheadAttention`` is
-counted by formula, because its fused inference kernel hides its matrix products from the counter.
+counted by formula, because its fused inference kernel hides its matrix products from the counter
+(a bare ``scaled_dot_product_attention`` call may count 0 on the CPU for the same reason).
 """
 
 from __future__ import annotations

@@ -108,6 +108,19 @@ class Tracker:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
+def use_experiment(tracking_uri: str, name: str) -> None:
+    """Make ``name`` the active experiment. With an embedded SQLite store its artifacts live in
+    ``mlartifacts/`` beside the database (an absolute location, readable from any folder),
+    not in a ``./mlruns`` of whatever the current folder is."""
+    if tracking_uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlartifacts"
+        try:
+            mlflow.create_experiment(name, artifact_location=folder.as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a parallel job
+    mlflow.set_experiment(name)
+
+
 @contextmanager
 def start_run(
     uri: str | None = None,
@@ -124,7 +137,7 @@ def start_run(
         check_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        mlflow.set_experiment(experiment)
+        use_experiment(tracking_uri, experiment)
     except Exception as exc:  # connection refused, bad URI, ...
         raise PeerError(f"cannot reach the MLflow tracking store at {tracking_uri} ({exc}); "
                         "check tracking.uri or MLFLOW_TRACKING_URI") from None

@@ -55,13 +55,9 @@ def balanced_subset(labels: Sequence[int] | np.ndarray, limit: int | None) -> np
 
 def resize_uint8(image: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``[C, H, W]`` (C = 1 or 3) -> uint8 ``[3, size, size]``, bilinear with antialiasing."""
-    if image.shape[0] == 1:
-        image = image.expand(3, -1, -1)
-    if tuple(image.shape[-2:]) != (size, size):
-        resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear",
-                                antialias=True, align_corners=False)[0]
-        image = resized.round_().clamp_(0, 255).to(torch.uint8)
-    return image.contiguous()
+    if tuple(image.shape[-2:]) != (size, size):  # uint8 in, uint8 out: torch's native path, no float copy
+        image = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return image.expand(3, -1, -1).contiguous()  # grey: resized once, then copied to RGB
 
 
 def center_crop_square(image: torch.Tensor) -> torch.Tensor:
@@ -208,9 +204,7 @@ def crop_resize(image: torch.Tensor, size: int, crop_fraction: float = 0.875) ->
     h, w = image.shape[-2:]
     scale = size / crop_fraction / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    resized = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear",
-                            antialias=True, align_corners=False)[0]
-    resized = resized.round_().clamp_(0, 255).to(torch.uint8)
+    resized = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return resize_uint8(resized[:, top : top + size, left : left + size], size)
 

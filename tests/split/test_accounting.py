@@ -153,3 +153,18 @@ def test_bytes_follow_the_codec():
     plan = analyze(model, torch.randn(2, 3, 8, 8), codec=HalfCodec())
     assert [c.bytes for c in plan.cuts] == [2 * e for _, _, e in EXPECTED]
     assert plan.input_raw_bytes == 384 * 4
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def test_attention_flops_include_projections_and_both_products():
+    # batch 2, 5 tokens, width 16: q/k/v/out projections 4 * 5*16*16, scores and weighted sum 2 * 5*5*16
+    macs = 2 * (4 * 5 * 16 * 16 + 2 * 5 * 5 * 16)
+    assert analyze(Attention().eval(), torch.randn(2, 5, 16)).total_flops == 2 * macs
