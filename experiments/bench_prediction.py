@@ -79,8 +79,11 @@ def cut_row(name: str, records: list[dict]) -> dict:
 
 def run_setting(rate_bps: float, load: str, args: argparse.Namespace, work_dir: Path) -> dict:
     """Every candidate cut at one rate and load, with the oracle and the EWMA estimator."""
+    # profiled afresh for every setting, just before its runs: on a shared machine compute times
+    # drift over minutes, and a profile from another moment would blame the drift on the model
     overrides = [*args.overrides, f"dataset.limit={args.requests}", "channel=constant", f"channel.rate_bps={rate_bps}",
-                 "link=shaped", "estimator=oracle", f"profile.cache_dir={work_dir / 'profiles'}", *LOADS[load]]
+                 "link=shaped", "estimator=oracle", "profile.cache_dir=null", "profile.batch_sizes=[1,4]",
+                 *LOADS[load]]
     if load == "slowdown2":
         overrides.append(f"server_load.path={work_dir / 'slowdown2.csv'}")
     row: dict = {"rate_mbps": rate_bps / 1e6, "load": load, "cuts": {}, "records": {}}

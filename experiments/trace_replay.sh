@@ -23,7 +23,7 @@ policies="dynamic,device_only,server_only,oracle"
 if [[ $mode == quick ]]; then
   channels="lte_driving,hsdpa_bus"
   loads="none,batch"
-  sizes=(dataset.limit=10 channel.duration=30)
+  sizes=(dataset.limit=8 channel.duration=30)
   jobs=2
 else
   channels="lte_driving,hsdpa_bus,nr5g_driving,umts_driving,wifi_walk"

@@ -2,7 +2,7 @@
 
 import pytest
 
-SMALL = ["model=torchvision", "model.name=resnet18", "dataset.image_size=64", "dataset.limit=20",
+SMALL = ["model=torchvision", "model.name=resnet18", "dataset.image_size=64", "dataset.limit=20", "device.slowdown=1",
          "profile.batch_sizes=[1,2]", "profile.repeats=2", "compare_with=[]"]
 
 
@@ -77,7 +77,7 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_its_records(shared_store, experim
     import sys
     import time
 
-    command = [sys.executable, "-m", "splitcomp.tasks.run", *SMALL, "dataset.limit=400", "policy=server_only",
+    command = [sys.executable, "-m", "splitcomp.tasks.run", *SMALL, "dataset.limit=400", "requests=400", "policy=server_only",
                "link=shaped", "channel=constant", "channel.rate_bps=4000000", f"tracking.experiment={experiment_name}",
                f"tracking.uri=sqlite:///{shared_store}/mlflow.db", f"hydra.run.dir={tmp_path}/run",
                f"profile.cache_dir={shared_store}/profiles"]
