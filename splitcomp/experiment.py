@@ -44,8 +44,8 @@ class Scenario:
 
 
 def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True) -> Scenario:
-    work = build_workload(cfg)
     dataset = instantiate(cfg.dataset)
+    work = build_workload(cfg, dataset)
     n_requests = int(cfg.get("requests") or len(dataset))
     if needs_images:  # each real request classifies one image; the simulator needs none
         n_requests = min(n_requests, len(dataset))

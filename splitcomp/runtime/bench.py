@@ -151,7 +151,7 @@ def run_policies(quick: bool) -> dict[str, Any]:
     """
     started = time.perf_counter()
     windows = WINDOWS[:2] if quick else WINDOWS
-    duration, requests = (8.0, 40) if quick else (20.0, 100)
+    duration, requests = (6.0, 30) if quick else (20.0, 100)
     rows = []
     for channel, start in windows:
         for load in LOADS:
@@ -159,6 +159,7 @@ def run_policies(quick: bool) -> dict[str, Any]:
             rows.append(row)
             print_row(row)
     summary = summarise_windows(rows)
+    print_summary(summary, len(rows))
     return {
         "settings": {"windows": windows, "loads": list(LOADS), "duration_s": duration, "requests": requests,
                      "link": "shaped", "arrivals": "periodic", "model": "config default"},
@@ -175,3 +176,10 @@ def print_row(row: dict[str, Any]) -> None:
     print(f"socket {row['channel']:>13s} @{row['start_s']:>5.0f}s {row['load']:>6s} "
           f"{row['mean_rate_mbps']:7.1f} Mbit/s  oracle {1e3 * row['policies']['oracle']['mean_s']:7.1f} ms  {cells}",
           flush=True)
+
+
+def print_summary(summary: dict[str, dict[str, float]], windows: int) -> None:
+    print(f"socket runtime, {windows} windows: mean latency / oracle (max over windows; p95 / oracle)")
+    for name, cells in summary.items():
+        print(f"  {name:12s} {cells['mean_over_oracle']:6.3f} ({cells['mean_over_oracle_max']:5.2f}; "
+              f"{cells['p95_over_oracle']:5.2f})")

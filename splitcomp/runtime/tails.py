@@ -48,7 +48,10 @@ class Signature:
 
 
 class TailBank:
-    """Builds ``plan.split(cut)`` tails lazily and caches them with their input signature."""
+    """Builds ``plan.split(cut)`` tails lazily and caches them with their input signature.
+
+    Heads and tails share the model's parameters, so the model must already be on ``device``
+    (the server moves it there once); ``example_input`` must be on ``device`` too."""
 
     def __init__(self, plan: Any, example_input: torch.Tensor, device: torch.device) -> None:
         self.plan = plan
@@ -69,5 +72,5 @@ class TailBank:
                 head, tail = self.plan.split(self.plan.cuts[cut_index])
                 with torch.inference_mode():
                     signature = Signature.of(tuple(head(self.example_input)))
-                self._tails[cut_index] = (tail.to(self.device).eval(), signature)
+                self._tails[cut_index] = (tail.eval(), signature)
             return self._tails[cut_index]

@@ -26,16 +26,19 @@ class Workload:
     fingerprint: dict[str, str]
 
 
-def example_input(cfg: DictConfig) -> torch.Tensor:
-    """A uint8 image batch of one, as a camera gives it, at the dataset's image size."""
+def example_input(cfg: DictConfig, dataset: Any = None) -> torch.Tensor:
+    """A uint8 image batch of one at the dataset's image size: the dataset's first image when
+    given (compressing codecs send what real content compresses to), else a blank one."""
     size = int(cfg.dataset.image_size)
     if size < 8:
         raise ConfigError(f"dataset.image_size={size} is too small; use 32 or more")
+    if dataset is not None and len(dataset) > 0:
+        return dataset[0][0].unsqueeze(0)
     channels = int(cfg.dataset.get("channels", 3))
     return torch.zeros(1, channels, size, size, dtype=torch.uint8)
 
 
-def build_workload(cfg: DictConfig) -> Workload:
+def build_workload(cfg: DictConfig, dataset: Any = None) -> Workload:
     """Model (eval mode), example input, codec, split plan and the model's fingerprint."""
     from splitcomp.split import analyze  # the split room; imported late to keep startup light
 
@@ -43,7 +46,7 @@ def build_workload(cfg: DictConfig) -> Workload:
     model: nn.Module = instantiate(cfg.model).eval()
     codec = instantiate(cfg.codec)
     rule = instantiate(cfg.bottleneck)
-    x = example_input(cfg)
+    x = example_input(cfg, dataset)
     plan = analyze(model, x, codec=codec, rule=rule, leaf_modules=tuple(cfg.get("leaf_modules") or ()))
     return Workload(model, x, codec, plan, model_fingerprint(model, tuple(x.shape), x.dtype, codec))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from splitcomp.profile.latency import Profiles
@@ -82,7 +83,7 @@ def cut_metrics(profiles: Profiles) -> list[dict[str, float]]:
 @user_errors_are_one_line
 def main(cfg: DictConfig) -> None:
     torch.manual_seed(int(cfg.get("seed", 0)))  # random weights repeat, so the profile cache can hit
-    work = build_workload(cfg)  # the same model, example input, codec and plan as a run
+    work = build_workload(cfg, instantiate(cfg.dataset))  # the same model, input, codec and plan as a run
     start = time.perf_counter()
     profiles = get_profiles(work.model, work.plan, work.example_input, work.codec, cfg.device, cfg.server, cfg.profile)
     profile_s = time.perf_counter() - start

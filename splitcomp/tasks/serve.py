@@ -36,6 +36,7 @@ def build_server(cfg: DictConfig) -> EdgeServer:
     settings = ServerSettings(io_timeout_s=float(cfg.server.io_timeout_s), max_batch=int(cfg.server.max_batch),
                               secret=auth_secret(cfg.server), tls=server_tls(cfg.server),
                               limits=Limits(max_payload_bytes=int(cfg.server.get("max_payload_bytes", 256 << 20))))
+    work.model.to(device)  # heads and tails share its parameters: all of them move
     return EdgeServer(TailBank(work.plan, work.example_input.to(device), device), work.fingerprint,
                       LoadEffects(load_model), downlink, settings)
 

@@ -167,11 +167,13 @@ class ImageFolderDataset(Dataset):
 
     name = "imagefolder"
 
-    def __init__(self, root: str, split: str = "test", image_size: int = 224, limit: int | None = None,
+    def __init__(self, root: str | None, split: str = "test", image_size: int = 224, limit: int | None = None,
                  crop_fraction: float = 0.875) -> None:
         from torchvision.datasets import ImageFolder
 
         _check_options(image_size, limit)
+        if not root:
+            raise ConfigError("dataset=imagefolder needs dataset.root=/path/to/images (one subfolder per class)")
         if not 0 < crop_fraction <= 1:
             raise ConfigError(f"dataset.crop_fraction={crop_fraction} must be in (0, 1]")
         folder = Path(root).expanduser()

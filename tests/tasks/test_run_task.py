@@ -86,9 +86,12 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_its_records(shared_store, experim
     seen, deadline = b"", time.monotonic() + 180
     while b"5/400" not in seen and time.monotonic() < deadline and proc.poll() is None:
         seen += os.read(proc.stderr.fileno(), 4096)
+    assert proc.poll() is None, seen.decode(errors="replace")[-3000:]
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    (run,) = mlflow_runs()
+    _, rest = proc.communicate(timeout=60)
+    runs = mlflow_runs()
+    assert len(runs) == 1, (seen + rest).decode(errors="replace")[-3000:]
+    (run,) = runs
     assert run.info.status == "KILLED"
     assert 5 <= run.data.metrics["partial_requests"] < 400
     import mlflow

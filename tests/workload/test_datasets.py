@@ -131,3 +131,5 @@ def test_image_folder_crops_resizes_and_labels_by_folder(tmp_path: Path) -> None
     assert image[2].float().mean() > 250 and image[0].float().mean() < 5  # blue bee images
     with pytest.raises(ConfigError, match="does not exist"):
         ImageFolderDataset(root=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="needs dataset.root"):
+        ImageFolderDataset(root=None)
