@@ -44,6 +44,7 @@ class Scenario:
 
 
 def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True) -> Scenario:
+    """Dataset, workload, profiles, channel traces (bound to ``link``) and server-load model."""
     dataset = instantiate(cfg.dataset)
     work = build_workload(cfg, dataset)
     n_requests = int(cfg.get("requests") or len(dataset))
@@ -61,22 +62,31 @@ def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True) -> Sce
 
 
 def make_env(cfg: DictConfig, scenario: Scenario, policy_cfg: Any) -> RunEnv:
+    """Fresh policy, estimator and arrivals on the shared scenario, for one policy's run."""
     latency_model = LatencyModel(scenario.profiles, rtt_s=float(cfg.link.get("rtt_s", 0.0) or 0.0),
                                  one_way_delay_s=scenario.link.one_way_delay_s)
-    env = RunEnv(candidates=list(scenario.profiles.cuts), latency_model=latency_model,
-                 policy=instantiate(policy_cfg), estimator=instantiate(cfg.estimator),
-                 arrivals=instantiate(cfg.arrivals), uplink=scenario.uplink, downlink=scenario.downlink,
-                 load_model=scenario.load_model, n_requests=scenario.n_requests, seed=int(cfg.seed),
-                 timeout_s=float(cfg.link.get("max_transfer_s") or 5.0))
-    return env
+    return RunEnv(candidates=list(scenario.profiles.cuts), latency_model=latency_model,
+                  policy=instantiate(policy_cfg), estimator=instantiate(cfg.estimator),
+                  arrivals=instantiate(cfg.arrivals), uplink=scenario.uplink, downlink=scenario.downlink,
+                  load_model=scenario.load_model, n_requests=scenario.n_requests, seed=int(cfg.seed),
+                  timeout_s=float(cfg.link.get("max_transfer_s") or 5.0))
 
 
-def policy_config(cfg: DictConfig, name: str) -> Any:
+def policy_config(name: str) -> Any:
     """The config of policy ``name`` from conf/policy/NAME.yaml (for the comparison runs)."""
     path = Path(__file__).resolve().parents[1] / "conf" / "policy" / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"compare_with names an unknown policy {name!r}; see conf/policy/ for the options")
     return OmegaConf.load(path)
+
+
+def policies_to_run(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """The run's policy (its name first) and those of ``compare_with``, by name."""
+    main_name = str(getattr(instantiate(cfg.policy), "name", "policy"))
+    policies = {main_name: cfg.policy}
+    for name in cfg.get("compare_with") or []:
+        policies.setdefault(str(name), policy_config(str(name)))
+    return main_name, policies
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -85,10 +95,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> di
     torch.set_num_threads(int(cfg.device.threads))  # this process is the end device
     pin_to_cores(cfg.device.get("pin_cores"))
     runtime = instantiate(cfg.runtime)
-    main_name = str(getattr(instantiate(cfg.policy), "name", "policy"))
-    policies = {main_name: cfg.policy}
-    for name in cfg.get("compare_with") or []:
-        policies.setdefault(str(name), policy_config(cfg, str(name)))
+    main_name, policies = policies_to_run(cfg)
     tracking = cfg.tracking
     results: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:

@@ -60,7 +60,7 @@ class SocketBench:
         if estimator is not None:
             cfg = cfg.copy()
             cfg.estimator = OmegaConf.load(Path(CONF_DIR) / "estimator" / f"{estimator}.yaml")
-        policy_cfg = policy_config(cfg, policy) if isinstance(policy, str) else policy
+        policy_cfg = policy_config(policy) if isinstance(policy, str) else policy
         # A fresh clock per run: scenario time starts at 0 for every policy (the session only
         # moves the clock's origin, which the server sees but the device's own clock does not).
         self.session.clock = ScenarioClock()
@@ -151,7 +151,7 @@ def run_policies(quick: bool) -> dict[str, Any]:
     """
     started = time.perf_counter()
     windows = WINDOWS[:2] if quick else WINDOWS
-    duration, requests = (6.0, 30) if quick else (20.0, 100)
+    duration, requests = (4.0, 20) if quick else (20.0, 100)
     rows = []
     for channel, start in windows:
         for load in LOADS:
