@@ -15,8 +15,9 @@ Targets:
 
 Profiles: ``--profiles PATH`` takes a measured profiles JSON (``splitcomp.profile.latency.Profiles``);
 without it, :func:`reference_profiles` gives a documented EfficientNet-Lite0-like set.
-``--socket`` would replay a few windows on the real socket runtime; it needs ``splitcomp.runtime``
-with a benchmark entry point and is reported as skipped otherwise.
+``--socket`` also replays a few windows on the real socket runtime with the configured model
+(:func:`splitcomp.runtime.bench.run_policies`); its target joins the list as
+``socket_dynamic_mean_over_oracle``.
 
     python experiments/bench_policies.py --quick --json outputs/bench_policies.json
 """
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target {t['name']}: {t['value']:.3f} {t['op']} {t['target']}")
     socket = socket_part(args) if args.socket else {"status": "not requested"}
     print(f"socket part: {socket['status']}" + (f" ({socket.get('reason')})" if "reason" in socket else ""))
+    for t in socket.get("result", {}).get("targets", []):
+        print(f"target {t['name']}: {t['value']:.3f} {t['op']} {t['target']}")
+        targets.append(t)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         extra = {"dynamic_mean_over_oracle_max": max(ratio(r, "dynamic", "mean_s") for r in rows)}

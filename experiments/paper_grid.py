@@ -226,16 +226,15 @@ def best_option_map(profiles: Profiles, grid: np.ndarray, title: str) -> Any:
     labels = option_labels(profiles)
     argbest = grid.argmin(axis=0)
     colors = plt.get_cmap("tab10").colors
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
     ax.pcolormesh(_edges(RATES_BPS / MBIT, True), _edges(BATCHES, False), argbest,
                   cmap=ListedColormap(colors[: len(labels)]), vmin=-0.5, vmax=len(labels) - 0.5)
     _rate_axis(ax)
     ax.set_ylabel("server batch size")
     present = sorted(set(argbest.ravel().tolist()))
-    ax.legend([Patch(color=colors[i]) for i in present], [labels[i] for i in present], fontsize="x-small",
-              loc="upper left", framealpha=0.85)
+    fig.legend([Patch(color=colors[i]) for i in present], [labels[i] for i in present], fontsize="x-small",
+               loc="outside lower center", ncol=2, frameon=False)
     ax.set_title(title, fontsize="medium")
-    fig.tight_layout()
     return fig
 
 

@@ -43,10 +43,11 @@ class Scenario:
     n_requests: int
 
 
-def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True) -> Scenario:
+def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True, dataset: Any = None,
+                   work: Workload | None = None) -> Scenario:
     """Dataset, workload, profiles, channel traces (bound to ``link``) and server-load model."""
-    dataset = instantiate(cfg.dataset)
-    work = build_workload(cfg, dataset)
+    dataset = instantiate(cfg.dataset) if dataset is None else dataset
+    work = build_workload(cfg, dataset) if work is None else work
     n_requests = int(cfg.get("requests") or len(dataset))
     if needs_images:  # each real request classifies one image; the simulator needs none
         n_requests = min(n_requests, len(dataset))
@@ -101,8 +102,10 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> di
     with ExitStack() as stack:
         link = instantiate(cfg.link)
         clock = ScenarioClock()
+        dataset = instantiate(cfg.dataset)
+        work = build_workload(cfg, dataset)  # fits a missing classifier head once, before the server starts
         server = launch_server(cfg, link, clock, stack, out_dir) if runtime.needs_sockets else None
-        scenario = build_scenario(cfg, link, needs_images=runtime.needs_sockets)
+        scenario = build_scenario(cfg, link, runtime.needs_sockets, dataset, work)  # profiles while it loads
         tracker = stack.enter_context(start_run_from_config(tracking, config=config,
                                                             run_name=tracking.get("run_name")))
         OmegaConf.save(cfg, out_dir / "config.yaml")

@@ -13,6 +13,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -94,8 +95,10 @@ def socket_bench(overrides: Sequence[str], out_dir: Path | None = None) -> Itera
 
 POLICIES = ("oracle", "dynamic", "best_static", "device_only", "server_only")
 
-# (channel preset, window start s): windows where the best cut changes on the reference profiles
-WINDOWS = [("lte_driving", 60.0), ("hsdpa_bus", 20.0), ("nr5g_driving", 100.0), ("wifi_walk", 40.0)]
+# (channel preset, window start s). The first three are where, simulated with the default config's
+# profiles (fitted Lite0, device slowdown 4), the oracle's cut changes most within 20 s; on the
+# 3G bus window device-only is always best (a sanity case: no policy should offload there).
+WINDOWS = [("lte_driving", 205.0), ("wifi_walk", 30.0), ("nr5g_driving", 160.0), ("hsdpa_bus", 0.0)]
 
 LOADS = {
     "none": ["server_load=none"],
@@ -107,7 +110,7 @@ def latency_stats(records: list[dict[str, Any]]) -> dict[str, float]:
     latency = np.array([r["latency_s"] for r in records], dtype=float)
     return {"mean_s": float(latency.mean()), "p95_s": float(np.percentile(latency, 95)),
             "requests": len(records), "fallbacks": int(sum(bool(r["fallback"]) for r in records)),
-            "cuts": sorted({str(r["cut_name"]) for r in records})}
+            "cuts": dict(Counter(str(r["cut_name"]) for r in records))}
 
 
 def run_window(channel: str, start: float, load: str, duration: float, requests: int,
@@ -146,12 +149,14 @@ def run_policies(quick: bool) -> dict[str, Any]:
     per window and load) with a camera sending periodic requests, so every policy sees the same
     start times; the oracle reads the true trace and load. Returns per window and load each
     policy's mean and p95 latency and their ratios to the oracle's, a summary over windows, and
-    ``targets`` (dynamic's mean ratio to the oracle, mean over windows, <= 1.10: looser than the
-    simulator's 1.05 since the real runtime adds compute noise the latency model does not see).
+    ``targets``: dynamic's mean latency over the oracle's, averaged over windows, against the
+    simulator's target of 1.05. Here the oracle is no lower bound: it picks from the latency model
+    with the true channel and load, and measured compute times scatter around the profiled ones,
+    so a run of the same cuts can come out a few percent faster or slower than the oracle's.
     """
     started = time.perf_counter()
     windows = WINDOWS[:2] if quick else WINDOWS
-    duration, requests = (4.0, 20) if quick else (20.0, 100)
+    duration, requests = (5.0, 25) if quick else (20.0, 100)
     rows = []
     for channel, start in windows:
         for load in LOADS:
@@ -167,7 +172,7 @@ def run_policies(quick: bool) -> dict[str, Any]:
         "rows": rows,
         "summary": summary,
         "targets": [{"name": "socket_dynamic_mean_over_oracle", "value": summary["dynamic"]["mean_over_oracle"],
-                     "op": "<=", "target": 1.10, "aggregate": "mean over windows"}],
+                     "op": "<=", "target": 1.05, "aggregate": "mean over windows"}],
     }
 
 

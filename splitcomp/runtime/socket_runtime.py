@@ -274,7 +274,10 @@ class _Run:
         except PeerError as exc:
             self.reconnector.failed(exc)
             return
-        self._feed_estimator(nbytes, seconds - self.downlink_pacer.expected_seconds(64, self.clock.now()))
+        # The server acks a probe at once, without the downlink's delay or pacing, so the round
+        # trip is the uplink transfer (whose one-way delay _feed_estimator takes off). Taking the
+        # downlink's delay off as well left nothing above ~15 Mbit/s: the estimate never formed.
+        self._feed_estimator(nbytes, seconds)
 
     def _common_fields(self, i: int, t_start: float, cut: Any, ctx: DecisionContext, predicted: Any,
                        label: int) -> dict[str, Any]:

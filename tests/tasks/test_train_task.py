@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from omegaconf import OmegaConf
 
 from splitcomp.workload.datasets import FASHION_MNIST_ROOT
 
@@ -19,7 +19,7 @@ SIZE = 32
 
 def _missing_config() -> list[str]:
     """conf/<group>/<option>.yaml files the main config's defaults list names but that do not exist."""
-    defaults = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text()).get("defaults", [])
+    defaults = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "config.yaml")).get("defaults", [])
     entries = [next(iter(d.items())) for d in defaults if isinstance(d, dict)]
     return [f"{g}/{o}.yaml" for g, o in entries if not (ROOT / "conf" / g / f"{o}.yaml").exists()]
 
