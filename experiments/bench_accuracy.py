@@ -42,17 +42,21 @@ def codecs_for(cut_name: str) -> list[Codec]:
     return [RawCodec(), ZstdCodec(), Float16Codec(), Int8Codec()]
 
 
-def run(image_size: int, limit: int | None, batch_size: int, train_limit: int, checkpoint: str | None) -> dict:
+def run(image_size: int, limit: int | None, batch_size: int, train_limit: int, checkpoint: str | None,
+        only: set[str] | None = None, device: str = "cpu", root: str | None = None) -> dict:
     torch.manual_seed(0)
-    model = fitted_model(lite0(image_size=image_size),
-                         {"_target_": "splitcomp.workload.datasets.FashionMNIST", "image_size": image_size},
-                         checkpoint=checkpoint, fit={"limit": train_limit}).eval()
-    test_set = FashionMNIST(split="test", image_size=image_size, limit=limit)
+    roots = {"root": root} if root else {}
+    test_set = FashionMNIST(split="test", image_size=image_size, limit=limit, **roots)
+    # the train split is read only when a head has to be fitted (an existing --checkpoint needs none)
+    have_head = checkpoint is not None and Path(checkpoint).exists()
+    fit_source = test_set if have_head else FashionMNIST(split="train", image_size=image_size, **roots)
+    model = fitted_model(lite0(image_size=image_size), fit_source, checkpoint=checkpoint,
+                         fit={"limit": train_limit}).eval()
     plan = analyze(model, torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
     plan_cuts = {cut.name: cut for cut in plan.candidates}
     start = time.perf_counter()
-    results = evaluate_splits(plan, {name: codecs_for(name) for name in plan_cuts}, test_set, batch_size,
-                              progress=True)
+    chosen = {name: [c for c in codecs_for(name) if not only or c.name in only] for name in plan_cuts}
+    results = evaluate_splits(plan, chosen, test_set, batch_size, progress=True, device=device)
     rows = []
     for (cut_name, codec_name), figures in results.items():
         cut = plan_cuts[cut_name]
@@ -62,7 +66,7 @@ def run(image_size: int, limit: int | None, batch_size: int, train_limit: int, c
                      **figures, "accuracy_change": figures["accuracy"] - figures["accuracy_reference"]})
     reference = rows[0]["accuracy_reference"]
     lossless = [row["agreement"] for row in rows if row["lossless"]]
-    return {"config": {"image_size": image_size, "test_images": len(test_set), "limit": limit,
+    return {"config": {"image_size": image_size, "test_images": len(test_set), "limit": limit, "device": device,
                        "checkpoint": checkpoint,
                        "train_images": train_limit, "batch_size": batch_size,
                        "natural_bottlenecks": [c.name for c in plan.natural_bottlenecks]},
@@ -102,10 +106,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--train-limit", type=int, default=3000, help="training images if the head is fitted")
     parser.add_argument("--checkpoint", help="head checkpoint (default: the one model=fitted uses)")
+    parser.add_argument("--codecs", help="comma-separated codec names to keep (e.g. raw,zstd: the lossless ones)")
+    parser.add_argument("--device", default="cpu", help="where heads and tails run (cpu, cuda)")
+    parser.add_argument("--root", help="folder of the Fashion-MNIST idx files (default: the Debian package's)")
     args = parser.parse_args()
     limit = args.limit if args.limit is not None else (QUICK_LIMIT if args.quick else None)
     try:
-        report = run(args.image_size, limit, args.batch_size, args.train_limit, args.checkpoint)
+        only = set(args.codecs.split(",")) if args.codecs else None
+        report = run(args.image_size, limit, args.batch_size, args.train_limit, args.checkpoint, only,
+                     args.device, args.root)
     except SplitcompError as exc:
         sys.exit(f"error: {exc}")
     report["config"]["quick"] = args.quick

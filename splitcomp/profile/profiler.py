@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,10 +25,6 @@ from splitcomp.profile.timing import check_slowdown, measure, median_and_spread,
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8)
-# Idle time before every timed call. At run time each head and tail follows a wait on the network,
-# with the caches taken over by other work meanwhile; timed back to back, the same call ran 10-15%
-# faster than that on a 2-core VM, so profiles measured hot under-predicted the runtime.
-DEFAULT_IDLE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -120,19 +115,6 @@ def _batch(example: torch.Tensor, batch: int) -> torch.Tensor:
     return one.expand(batch, *one.shape[1:]).contiguous()
 
 
-def measure_after_idle(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device | None = None,
-                       idle_s: float = DEFAULT_IDLE_S) -> list[float]:
-    """Like :func:`splitcomp.profile.timing.measure`, with ``idle_s`` of sleep before every timed call."""
-    if idle_s <= 0:
-        return measure(fn, warmup, repeats, device)
-    measure(fn, warmup, 1, device)  # the warm-up calls (and one timed call, not kept)
-    times = []
-    for _ in range(repeats):
-        time.sleep(idle_s)
-        times += measure(fn, 0, 1, device)
-    return times
-
-
 def _median_dict(times: dict[int, list[float]], scale: float = 1.0) -> tuple[dict[int, float], dict[int, float]]:
     stats = {b: median_and_spread(t) for b, t in times.items()}
     return {b: m * scale for b, (m, _) in stats.items()}, {b: s * scale for b, (_, s) in stats.items()}
@@ -140,34 +122,31 @@ def _median_dict(times: dict[int, list[float]], scale: float = 1.0) -> tuple[dic
 
 def profile_cut(head: Callable[..., Any], tail: Callable[..., Any], cut: Any, n_cuts: int, example: torch.Tensor,
                 codec: Codec, device: Side, server: Side, batch_sizes: Sequence[int], warmup: int,
-                repeats: int, idle_s: float = DEFAULT_IDLE_S) -> CutProfile:
+                repeats: int) -> CutProfile:
     """Measure one cut given its head and tail modules (see :func:`profile_plan`)."""
     example = example[:1]
     flops = {"head_flops": getattr(cut, "head_flops", None), "tail_flops": getattr(cut, "tail_flops", None)}
-
-    def timed(fn: Callable[[], Any], on: torch.device | None = None) -> list[float]:
-        return measure_after_idle(fn, warmup, repeats, on, idle_s)
-
     with device.active():
-        head_times = timed(lambda: head(example))
+        head_times = measure(lambda: head(example), warmup, repeats)
     head_s, head_spread = _median_dict({1: head_times}, device.slowdown)
     if cut.index == n_cuts - 1:  # device-only: nothing crosses, nothing runs on the server
         return CutProfile(cut.index, cut.name, 0, 0, head_s, {b: 0.0 for b in batch_sizes}, 0.0, 0.0,
                           head_spread, {b: 0.0 for b in batch_sizes}, is_device_only=True, **flops)
     with device.active():
         values = _as_tuple(head(example))
-        encode_times = timed(lambda: _encode_all(values, codec))
+        encode_times = measure(lambda: _encode_all(values, codec), warmup, repeats)
         encoded = _encode_all(values, codec)
     # not dilated: the runtime dilates the head alone (run_on_device) and times encoding as it is
     encode_s = median_and_spread(encode_times)[0]
     with server.active():
         tail_on_server = tail if server.torch_device.type == "cpu" else copy.deepcopy(tail).to(server.torch_device)
-        decode_times = timed(lambda: _decode_all(encoded, server.torch_device), server.torch_device)
+        decode_times = measure(lambda: _decode_all(encoded, server.torch_device), warmup, repeats, server.torch_device)
         bytes_down = _output_bytes(tail_on_server(_decode_all(encoded, server.torch_device)))
         tail_times = {}
         for b in batch_sizes:
             batched = _to_device(_as_tuple(head(_batch(example, b))), server.torch_device)
-            tail_times[b] = timed(lambda batched=batched: tail_on_server(batched), server.torch_device)
+            tail_times[b] = measure(lambda batched=batched: tail_on_server(batched), warmup, repeats,
+                                    server.torch_device)
     tail_s, tail_spread = _median_dict(tail_times)
     return CutProfile(cut.index, cut.name, _payload_bytes(encoded), bytes_down, head_s, tail_s, encode_s,
                       median_and_spread(decode_times)[0], head_spread, tail_spread,
@@ -179,15 +158,13 @@ def profile_cut(head: Callable[..., Any], tail: Callable[..., Any], cut: Any, n_
 def profile_plan(plan: Any, example_input: torch.Tensor, codec: Codec, device_cfg: Mapping[str, Any],
                  server_cfg: Mapping[str, Any], batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                  warmup: int = 1, repeats: int = 5, candidates: Sequence[Any] | None = None,
-                 key: Mapping[str, Any] | None = None, progress: bool = True,
-                 idle_s: float = DEFAULT_IDLE_S) -> Profiles:
+                 key: Mapping[str, Any] | None = None, progress: bool = True) -> Profiles:
     """Measure every candidate cut of ``plan`` (``plan.candidates`` unless ``candidates`` is given).
 
     The head runs at batch 1 with ``device_cfg.threads`` (pinned to ``device_cfg.pin_cores``) and
     its time is multiplied by ``device_cfg.slowdown`` (the same dilation :func:`run_on_device`
     applies to the head at run time; codec encoding is not dilated, as in the runtime); the tail runs for every batch size with ``server_cfg.threads`` on
-    ``server_cfg.device``. Every timed call follows ``idle_s`` of sleep, as every head and tail does
-    at run time (see ``DEFAULT_IDLE_S``). No cache here: see :func:`get_profiles`.
+    ``server_cfg.device``. No cache here: see :func:`get_profiles`.
     """
     device, server = device_side(device_cfg), server_side(server_cfg)
     sizes = check_batch_sizes(batch_sizes)
@@ -200,13 +177,12 @@ def profile_plan(plan: Any, example_input: torch.Tensor, codec: Codec, device_cf
                 if isinstance(module, nn.Module):
                     module.eval()
             profiled.append(profile_cut(head, tail, cut, len(plan.cuts), example_input, codec, device, server,
-                                        sizes, int(warmup), int(repeats), float(idle_s)))
+                                        sizes, int(warmup), int(repeats)))
     return Profiles(key=dict(key or {}), cuts=profiled)
 
 
 def profile_key(model: nn.Module, example_input: torch.Tensor, codec: Codec, candidates: Sequence[Any],
-                device: Side, server: Side, batch_sizes: Sequence[int], warmup: int, repeats: int,
-                idle_s: float = DEFAULT_IDLE_S) -> dict[str, Any]:
+                device: Side, server: Side, batch_sizes: Sequence[int], warmup: int, repeats: int) -> dict[str, Any]:
     """Everything the measured numbers depend on, as plain JSON values."""
     return {
         "model": cache.model_fingerprint(model),
@@ -223,7 +199,6 @@ def profile_key(model: nn.Module, example_input: torch.Tensor, codec: Codec, can
         "batch_sizes": list(batch_sizes),
         "warmup": int(warmup),
         "repeats": int(repeats),
-        "idle_s": float(idle_s),
         "torch": torch.__version__,
     }
 
@@ -236,17 +211,16 @@ def get_profiles(model: nn.Module, plan: Any, example_input: torch.Tensor, codec
     else measured and cached. ``profile_cfg.cache_dir: null`` turns caching off."""
     sizes = check_batch_sizes(profile_cfg.get("batch_sizes"))
     warmup, repeats = int(profile_cfg.get("warmup", 1)), int(profile_cfg.get("repeats", 5))
-    idle_s = float(profile_cfg.get("idle_s", DEFAULT_IDLE_S))
     cache_dir = profile_cfg.get("cache_dir", "outputs/profiles")
     candidates = list(plan.candidates)
     key = profile_key(model, example_input, codec, candidates, device_side(device_cfg), server_side(server_cfg),
-                      sizes, warmup, repeats, idle_s)
+                      sizes, warmup, repeats)
     cached = cache.load_cached(cache_dir, key)
     if cached is not None:
         log.info("profiles from cache %s", cached.source)
         return cached
     profiles = profile_plan(plan, example_input, codec, device_cfg, server_cfg, sizes, warmup, repeats,
-                            candidates=candidates, key=key, progress=progress, idle_s=idle_s)
+                            candidates=candidates, key=key, progress=progress)
     path = cache.store(cache_dir, profiles)
     if path is not None:
         log.info("profiles cached at %s", path)

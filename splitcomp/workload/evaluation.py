@@ -89,19 +89,21 @@ def evaluate_split(plan: Any, cut: Any, codec: Codec, dataset: Dataset, batch_si
 
 @torch.inference_mode()
 def evaluate_splits(plan: Any, codecs_by_cut: Mapping[Any, Sequence[Codec]], dataset: Dataset,
-                    batch_size: int = 16, progress: bool = False) -> dict[tuple[str, str], dict[str, float]]:
+                    batch_size: int = 16, progress: bool = False,
+                    device: str | torch.device = "cpu") -> dict[tuple[str, str], dict[str, float]]:
     """:func:`evaluate_split` for several cuts, each with its own codecs, keyed by ``(cut name, codec
-    name)``. Each batch runs the unsplit model once, and each cut's head once for all its codecs."""
+    name)``. Each batch runs the unsplit model once, and each cut's head once for all its codecs.
+    ``device``: where heads and tails run (both on one device, so agreement must be exact)."""
     cuts = {plan.cut(cut).name: (plan.cut(cut), list(codecs)) for cut, codecs in codecs_by_cut.items()}
     last = plan.cuts[-1]
-    reference = for_inference(plan.split(last)[0])
-    parts = {name: tuple(for_inference(m) for m in plan.split(cut)) for name, (cut, _) in cuts.items()}
+    reference = for_inference(plan.split(last)[0]).to(device)
+    parts = {name: tuple(for_inference(m).to(device) for m in plan.split(cut)) for name, (cut, _) in cuts.items()}
     tally = {(name, codec.name): [0, 0, 0] for name, (_, codecs) in cuts.items() for codec in codecs}
     correct_ref = seen = 0
     for images, labels in batches(dataset, batch_size, progress, desc="evaluate splits"):
-        x = channels_last(images)
+        x = channels_last(images.to(device))
         ref_sent = reference(x)
-        ref = ref_sent[0].argmax(dim=1)
+        ref = ref_sent[0].argmax(dim=1).cpu()
         correct_ref += int((ref == labels).sum())
         seen += len(labels)
         for name, (cut, codecs) in cuts.items():
@@ -109,7 +111,8 @@ def evaluate_splits(plan: Any, codecs_by_cut: Mapping[Any, Sequence[Codec]], dat
             sent = ref_sent if cut.index == last.index else head(x)  # the output cut's head is the model
             for codec in codecs:
                 received, nbytes = send_per_image(sent, codec)
-                pred = tail(tuple(channels_last(v) for v in received)).argmax(dim=1)
+                on_device = tuple(channels_last(v.to(device) if isinstance(v, torch.Tensor) else v) for v in received)
+                pred = tail(on_device).argmax(dim=1).cpu()
                 counts = tally[(name, codec.name)]
                 counts[0] += int((pred == labels).sum())
                 counts[1] += int((pred == ref).sum())
