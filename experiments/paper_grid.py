@@ -99,8 +99,8 @@ class Setup:
 
 def quick_setup(args: argparse.Namespace) -> Setup:
     if args.quick:
-        return Setup(["lite0"], ["raw", "float16"], [1, 8, 62], 2, args.slowdown, args.server_device, args.margin)
-    return Setup(list(MODELS), ["raw", "float16"], [1, 2, 4, 8, 16, 32, 62], 3, args.slowdown, args.server_device,
+        return Setup(["lite0"], ["raw", "float16"], [1, 8, 62], 3, args.slowdown, args.server_device, args.margin)
+    return Setup(list(MODELS), ["raw", "float16"], [1, 2, 4, 8, 16, 32, 62], 5, args.slowdown, args.server_device,
                  args.margin)
 
 
@@ -143,6 +143,17 @@ def option_labels(profiles: Profiles) -> list[str]:
 
 def split_mask(profiles: Profiles) -> np.ndarray:
     return np.array([not (c.is_device_only or c.is_full_offload) for c in profiles.cuts])
+
+
+def choice_grid(profiles: Profiles, grid: np.ndarray, margin: float) -> np.ndarray:
+    """Index of the option to use at each (batch, rate): the fastest, except that a split must be
+    ``margin`` faster than both device-only and full offloading (else the faster of those two)."""
+    ends = np.array([c.is_device_only or c.is_full_offload for c in profiles.cuts])
+    end_idx = np.flatnonzero(ends)
+    best_end = end_idx[grid[ends].argmin(axis=0)]
+    argbest = grid.argmin(axis=0)
+    split_ok = grid.min(axis=0) < (1 - margin) * grid[ends].min(axis=0)
+    return np.where(split_ok, argbest, best_end)
 
 
 def heads_out_of_order(profiles: Profiles) -> int:
@@ -222,9 +233,9 @@ def latency_panels(profiles: Profiles, grid: np.ndarray, panel_batches: list[int
     return fig
 
 
-def best_option_map(profiles: Profiles, grid: np.ndarray, title: str) -> Any:
+def best_option_map(profiles: Profiles, grid: np.ndarray, margin: float, title: str) -> Any:
     labels = option_labels(profiles)
-    argbest = grid.argmin(axis=0)
+    argbest = choice_grid(profiles, grid, margin)
     colors = plt.get_cmap("tab10").colors
     fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
     ax.pcolormesh(_edges(RATES_BPS / MBIT, True), _edges(BATCHES, False), argbest,
@@ -234,7 +245,8 @@ def best_option_map(profiles: Profiles, grid: np.ndarray, title: str) -> Any:
     present = sorted(set(argbest.ravel().tolist()))
     fig.legend([Patch(color=colors[i]) for i in present], [labels[i] for i in present], fontsize="x-small",
                loc="outside lower center", ncol=2, frameon=False)
-    ax.set_title(title, fontsize="medium")
+    ax.set_title(f"{title}\n(a split counts when {100 * margin:.0f}% faster than device-only and full offload)",
+                 fontsize="small")
     return fig
 
 
@@ -296,7 +308,8 @@ def run(setup: Setup, out: Path, cache_dir: Path) -> tuple[pd.DataFrame, list[Pa
             paths.append(profiles.save(out / f"profiles_{tag}.json"))
             paths.append(save(latency_panels(profiles, grid, setup.profile_batches, title),
                               out / f"latency_vs_rate_{tag}.png"))
-            paths.append(save(best_option_map(profiles, grid, f"best option: {title}"), out / f"best_option_{tag}.png"))
+            paths.append(save(best_option_map(profiles, grid, setup.margin, f"best option: {title}"),
+                              out / f"best_option_{tag}.png"))
             paths.append(save(gain_maps(profiles, grid, f"gain of the best option: {title}"), out / f"gain_{tag}.png"))
             row = {"model": name, "codec": codec, **summarize_grid(profiles, grid, setup.margin), "profile_s": profile_s,
                    "profiles": "cached" if profiles.source != "measured" else "measured"}

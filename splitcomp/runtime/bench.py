@@ -1,7 +1,7 @@
 """Real-socket benchmark runs: one edge-server process per scenario, several policies on it.
 
-:func:`socket_bench` composes a config (the same groups as ``splitcomp-run``), launches the server
-process, profiles and builds the scenario once, and gives a :class:`SocketBench` whose
+:func:`socket_bench` composes a config (the same groups as ``splitcomp-run``), profiles and builds
+the scenario, launches the server process, and gives a :class:`SocketBench` whose
 :meth:`SocketBench.run` serves one policy and returns its records, without MLflow. Every run
 starts its scenario clock at 0, so all policies see the same part of the channel trace and
 the server load. :func:`run_policies` is the socket part of ``experiments/bench_policies.py``.
@@ -70,7 +70,7 @@ class SocketBench:
 
 @contextlib.contextmanager
 def socket_bench(overrides: Sequence[str], out_dir: Path | None = None) -> Iterator[SocketBench]:
-    """Compose ``overrides``, launch the server process, profile, and yield a :class:`SocketBench`.
+    """Compose ``overrides``, profile, launch the server process and yield a :class:`SocketBench`.
     The server and the link are torn down on exit. Relative paths in the config (checkpoints,
     profile cache, traces) are taken from the repository root."""
     cfg = compose_config(["runtime=socket", "runtime.progress=false", *overrides])

@@ -15,6 +15,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402  (after the telemetry switch)
 
+# The user's MLFLOW_TRACKING_URI, read before this process calls mlflow.set_tracking_uri (which
+# writes that variable), so one run's store never leaks into the next run of the same process.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
 _MAX_PARAM_LEN = 500  # MLflow's limit on a param value (older stores: 250/500)
 
 
@@ -45,7 +49,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """``MLFLOW_TRACKING_URI`` wins over the config; a relative sqlite path gets its folder made."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///outputs/mlflow.db"
+    uri = USER_TRACKING_URI or uri or "sqlite:///outputs/mlflow.db"
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     return uri

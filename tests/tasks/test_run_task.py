@@ -81,8 +81,9 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_its_records(shared_store, experim
                "link=shaped", "channel=constant", "channel.rate_bps=4000000", f"tracking.experiment={experiment_name}",
                f"tracking.uri=sqlite:///{shared_store}/mlflow.db", f"hydra.run.dir={tmp_path}/run",
                f"profile.cache_dir={shared_store}/profiles"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"))
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+    env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri in this process sets it
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     seen, deadline = b"", time.monotonic() + 180
     while b"5/400" not in seen and time.monotonic() < deadline and proc.poll() is None:
         seen += os.read(proc.stderr.fileno(), 4096)
