@@ -43,11 +43,10 @@ class Scenario:
     n_requests: int
 
 
-def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True, dataset: Any = None,
-                   work: Workload | None = None) -> Scenario:
+def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True) -> Scenario:
     """Dataset, workload, profiles, channel traces (bound to ``link``) and server-load model."""
-    dataset = instantiate(cfg.dataset) if dataset is None else dataset
-    work = build_workload(cfg, dataset) if work is None else work
+    dataset = instantiate(cfg.dataset)
+    work = build_workload(cfg, dataset)
     n_requests = int(cfg.get("requests") or len(dataset))
     if needs_images:  # each real request classifies one image; the simulator needs none
         n_requests = min(n_requests, len(dataset))
@@ -102,10 +101,10 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> di
     with ExitStack() as stack:
         link = instantiate(cfg.link)
         clock = ScenarioClock()
-        dataset = instantiate(cfg.dataset)
-        work = build_workload(cfg, dataset)  # fits a missing classifier head once, before the server starts
+        # device side first (a missing head is fitted once; profiles are timed on a quiet machine),
+        # then the server process, which loads its model while the MLflow run is being opened
+        scenario = build_scenario(cfg, link, needs_images=runtime.needs_sockets)
         server = launch_server(cfg, link, clock, stack, out_dir) if runtime.needs_sockets else None
-        scenario = build_scenario(cfg, link, runtime.needs_sockets, dataset, work)  # profiles while it loads
         tracker = stack.enter_context(start_run_from_config(tracking, config=config,
                                                             run_name=tracking.get("run_name")))
         OmegaConf.save(cfg, out_dir / "config.yaml")

@@ -45,9 +45,14 @@ class ScenarioClock:
     processes given the same origin agree), advanced by the monotonic clock."""
 
     def __init__(self, origin: float | None = None) -> None:
+        self.restart(origin)
+
+    def restart(self, origin: float | None = None) -> None:
+        """Scenario time 0 is now (or at wall time ``origin``): a new run replays the trace from
+        its start, and a server told the new origin agrees."""
         wall, mono = time.time(), time.monotonic()
         self.origin: float = wall if origin is None else float(origin)
-        # Anchor once to the monotonic clock: later wall-clock steps do not move scenario time.
+        # Anchor to the monotonic clock: later wall-clock steps do not move scenario time.
         self._mono_origin = mono - (wall - self.origin)
 
     def now(self) -> float:

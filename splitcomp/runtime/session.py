@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ class SocketSession:
 
     def parts(self, env: Any) -> SocketParts:
         """Fresh clock and background load for one policy's run over the same scenario."""
-        self.clock.origin = time.time()
+        self.clock.restart()
         background = None
         load = self.scenario.load_model
         if getattr(load, "kind", "none") == "clients":
