@@ -10,20 +10,22 @@ time is interpolated linearly). Figures per model and codec:
 
 * ``latency_vs_rate_<model>_<codec>.png``: latency against rate for every option, one small panel
   per profiled batch size;
-* ``best_option_<model>_<codec>.png``: which option is fastest at each (rate, batch);
+* ``best_option_<model>_<codec>.png``: which option to use at each (rate, batch) (a split only
+  when it leads by ``--margin``);
 * ``gain_<model>_<codec>.png``: (T_static - T_best) / T_static for each static option;
 
 and ``split_wins.png``: the percentage of (rate, batch) scenarios in which a split (neither
 device-only nor full offloading) beats both by at least ``--margin`` (5%; without a margin, noise
-in the measured head times decides between device-only and the split just before the classifier). A summary table goes to ``summary.md``/``summary.csv``;
-all of it is logged to MLflow (experiment ``paper_grid``).
+in the measured head times decides between device-only and the split just before the classifier).
+A summary table goes to ``summary.md``/``summary.csv``; all of it is logged to MLflow (experiment
+``paper_grid``).
 
 Device: ``--slowdown 10`` makes the device head take 10x what one core of this machine needs,
 standing in for a Jetson-class end device against an edge server (one core here; a GPU when
 ``--server-device cuda``). RTT 0 and the default frame overhead: the data rate is the only network
 term, as in the paper.
 
-    python experiments/paper_grid.py --quick            # EfficientNet-Lite0, 3 batch sizes, ~3 min
+    python experiments/paper_grid.py --quick            # EfficientNet-Lite0, 3 batch sizes, ~2.5 min
     python experiments/paper_grid.py --out outputs/paper_grid   # Lite0, EfficientNet-B0, ViT-B/16
 """
 
@@ -136,7 +138,7 @@ def option_labels(profiles: Profiles) -> list[str]:
             return "device only"
         if cut.is_full_offload:
             return "full offload"
-        return f"split {cut.name} ({cut.bytes_up / 1e3:.0f} kB)"
+        return f"split {cut.name.removeprefix('backbone_').lstrip('_')} ({cut.bytes_up / 1e3:.0f} kB)"
 
     return [label(c) for c in profiles.cuts]
 
@@ -274,11 +276,12 @@ def gain_maps(profiles: Profiles, grid: np.ndarray, title: str) -> Any:
 
 
 def split_wins_figure(summary: pd.DataFrame, margin: float) -> Any:
-    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
     labels = [f"{m}\n{c}" for m, c in zip(summary["model"], summary["codec"])]
     bars = ax.bar(labels, summary["split_wins_pct"], color=["tab:blue" if c == "raw" else "tab:orange"
                                                              for c in summary["codec"]])
     ax.bar_label(bars, fmt="%.1f%%", fontsize="small")
+    ax.tick_params(axis="x", labelsize="small")
     ax.set_ylabel("scenarios where a split wins (%)")
     ax.set_ylim(0, max(10.0, float(summary["split_wins_pct"].max()) * 1.2))
     ax.set_title(f"a split beats device-only and full offloading by {100 * margin:.0f}% or more",

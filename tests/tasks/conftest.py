@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ def shared_store(tmp_path_factory):
 
 @pytest.fixture
 def experiment_name(request):
-    return request.node.name.replace("[", "_").replace("]", "").replace("/", "_")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name).strip("_")
 
 
 @pytest.fixture
