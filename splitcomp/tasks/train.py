@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def log_model(model: ImageClassifier, image_size: int) -> None:
-    """The fitted model as an MLflow model, exported with torch.export (``pt2``: no pickle) and
+    """The fitted model as an MLflow model, exported with torch.export (``pt2``, no Python object serialisation) and
     explicit pip requirements (no environment inference, no network)."""
     import mlflow
     import numpy as np
