@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
 from torch import nn
 
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 over every parameter and buffer (name, dtype, shape, bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def architecture_digest(model: nn.Module) -> str:
-    """SHA-256 of the module tree as printed (layer types and hyper-parameters)."""
-    return hashlib.sha256(repr(model).encode()).hexdigest()
+from splitcomp.profile.cache import model_fingerprint as model_digests
 
 
 def model_fingerprint(model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype,
                       codec: Any) -> dict[str, str]:
-    """What both sides must agree on for a split prediction to equal the unsplit one."""
+    """What both sides must agree on for a split prediction to equal the unsplit one: the
+    architecture and weights (the same digests the profile cache keys on), input and codec."""
+    digests = model_digests(model)
     return {
-        "architecture": architecture_digest(model)[:16],
-        "weights": weights_digest(model)[:16],
+        "architecture": digests["architecture_sha"][:16],
+        "weights": digests["weights_sha"][:16],
         "input": f"{list(input_shape[1:])}:{str(input_dtype).removeprefix('torch.')}",
         "codec": repr(codec),
     }
