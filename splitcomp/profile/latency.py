@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from splitcomp.errors import ConfigError
+from splitcomp.files import atomic_write_text
 from splitcomp.scenario.trace import Trace
 
 # Bytes a request/response frame adds to the codec payload (fixed header + JSON metadata);
@@ -119,12 +120,7 @@ class Profiles:
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON file atomically (a reader never sees half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Profiles:

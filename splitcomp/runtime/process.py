@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from splitcomp.errors import PeerError
+from splitcomp.files import atomic_write_text
 
 log = logging.getLogger("splitcomp")
 
@@ -38,10 +39,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
 
 def write_ready_file(path: str | Path, host: str, port: int) -> None:
     """Atomically announce the bound address to the process that started us."""
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"host": host, "port": port, "pid": os.getpid()}))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"host": host, "port": port, "pid": os.getpid()}))
 
 
 class ServerProcess:

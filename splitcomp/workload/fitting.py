@@ -8,7 +8,6 @@ fitted head replaces the backbone's classifier layer, giving an ordinary uint8-i
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -20,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from splitcomp.errors import ConfigError, ModelError
+from splitcomp.files import atomic_path
 from splitcomp.workload.evaluation import batches, channels_last, for_inference
 from splitcomp.workload.models import ImageClassifier, classifier_layer, replace_classifier
 
@@ -114,16 +114,13 @@ def default_checkpoint(backbone: str, dataset: str, image_size: int) -> Path:
 
 def save_head(path: str | Path, model: ImageClassifier, dataset: Any, summary: Mapping[str, float]) -> Path:
     """Save the fitted classifier layer plus what it belongs to (backbone id, classes, image size)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     layer = classifier_layer(model)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # then renamed: readers never see half a file
-    torch.save({"format": CHECKPOINT_FORMAT, "backbone": model.name, "dataset": dataset.name,
-                "classes": list(dataset.classes), "image_size": int(dataset.image_size),
-                "head": {k: v.detach().clone() for k, v in layer.state_dict().items()},
-                "summary": {k: float(v) for k, v in summary.items()}}, partial)
-    os.replace(partial, path)
-    return path
+    with atomic_path(path) as partial:
+        torch.save({"format": CHECKPOINT_FORMAT, "backbone": model.name, "dataset": dataset.name,
+                    "classes": list(dataset.classes), "image_size": int(dataset.image_size),
+                    "head": {k: v.detach().clone() for k, v in layer.state_dict().items()},
+                    "summary": {k: float(v) for k, v in summary.items()}}, partial)
+    return Path(path)
 
 
 def load_head(backbone: ImageClassifier, path: str | Path, image_size: int | None = None) -> ImageClassifier:
