@@ -20,8 +20,6 @@ import json
 import os
 import socket
 import statistics
-import struct
-import subprocess
 import sys
 import threading
 import time
@@ -32,40 +30,13 @@ import numpy as np
 import torch
 
 from splitcomp.errors import SplitcompError
-from splitcomp.link import netns
+from splitcomp.link import netns, sink
 from splitcomp.link.shaping import Link, ScenarioClock, ShapedLink
 from splitcomp.scenario.trace import Trace
 
 SIZES = [16 * 1024, 64 * 1024, 256 * 1024, 1 << 20, 4 << 20]
 RATES_BPS = [1e6, 10e6, 50e6, 100e6, 500e6]
 TARGET_LOW, TARGET_HIGH = 0.95, 1.05
-
-# For each message (8-byte length + payload) the sink answers the monotonic time of the last byte.
-SINK = r"""
-import socket, struct, sys, time
-def recv_exact(conn, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-srv = socket.create_server((sys.argv[1], 0))
-print(srv.getsockname()[1], flush=True)
-conn, _ = srv.accept()
-buf = bytearray(1 << 20)
-while (head := recv_exact(conn, 8)) is not None:
-    left, t = struct.unpack("!Q", head)[0], time.monotonic()
-    while left:
-        n = conn.recv_into(buf, min(left, len(buf)))
-        if n == 0:
-            raise SystemExit("short message")
-        left -= n
-        t = time.monotonic()
-    conn.sendall(struct.pack("!d", t))
-"""
-
 
 def constant(rate_bps: float) -> Trace:
     return Trace(np.array([0.0]), np.array([rate_bps]), 3600.0, name=f"{rate_bps / 1e6:g}Mbit/s")
@@ -83,31 +54,23 @@ def measure_rate(link: Link, rate_bps: float, sizes: list[int], args: argparse.N
     link.bind(constant(rate_bps))
     clock = ScenarioClock()
     link.setup(clock)
-    sink = subprocess.Popen(
-        [*link.server_command_prefix(), sys.executable, "-c", SINK, link.server_bind_host()],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     try:
-        sock = link.connect(link.server_connect_host(), int(sink.stdout.readline()), timeout=10.0)
         pacer, rows = link.uplink_pacer(), []
-        for size in sizes:
-            message = struct.pack("!Q", size) + os.urandom(size)
-            expected = pacer.expected_seconds(len(message), clock.now())
-            times = []
-            for _ in range(reps_for(expected, args.quick)):
-                time.sleep(0.05)  # an idle gap, as between requests
-                start = time.monotonic()
-                pacer.send(sock, message, clock)
-                times.append(struct.unpack("!d", sock.recv(8, socket.MSG_WAITALL))[0] - start)
-            ratios = [t / expected for t in times]
-            rows.append({"rate_bps": rate_bps, "size_bytes": size, "expected_s": expected, "times_s": times,
-                         "ratios": ratios, "median_ratio": statistics.median(ratios)})  # fmt: skip
-        sock.close()
+        with sink.connected_sink(link) as sock:
+            for size in sizes:
+                message = sink.message(os.urandom(size))
+                expected = pacer.expected_seconds(len(message), clock.now())
+                times = []
+                for _ in range(reps_for(expected, args.quick)):
+                    time.sleep(0.05)  # an idle gap, as between requests
+                    start = time.monotonic()
+                    pacer.send(sock, message, clock)
+                    times.append(sink.read_reply(sock)[0] - start)
+                ratios = [t / expected for t in times]
+                rows.append({"rate_bps": rate_bps, "size_bytes": size, "expected_s": expected, "times_s": times,
+                             "ratios": ratios, "median_ratio": statistics.median(ratios)})  # fmt: skip
         return rows
     finally:
-        sink.kill()
-        sink.wait()
         link.teardown()
 
 

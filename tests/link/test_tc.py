@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from splitcomp.errors import ConfigError
-from splitcomp.link import netns
+from splitcomp.link import netns, sink
 from splitcomp.link.netns import TcLink, list_namespaces
 from splitcomp.link.shaping import ScenarioClock
 from splitcomp.scenario.trace import Trace
-
-# A sink server: for each message (8-byte length + payload) it answers the monotonic time at
-# which the last byte arrived and the payload's SHA-256.
-SINK = r"""
-import hashlib, socket, struct, sys, time
-def recv_exact(conn, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-srv = socket.create_server((sys.argv[1], 0))
-print(srv.getsockname()[1], flush=True)
-conn, _ = srv.accept()
-buf = bytearray(1 << 20)
-while (head := recv_exact(conn, 8)) is not None:
-    left, digest, t = struct.unpack("!Q", head)[0], hashlib.sha256(), time.monotonic()
-    while left:
-        n = conn.recv_into(buf, min(left, len(buf)))
-        left -= n
-        t = time.monotonic()
-        digest.update(memoryview(buf)[:n])
-    conn.sendall(struct.pack("!d", t) + digest.digest())
-"""
 
 
 def tc_unavailable() -> str | None:
@@ -65,37 +37,24 @@ def steps(times: list[float], rates: list[float]) -> Trace:
 
 
 def timed_transfers(link: TcLink, clock: ScenarioClock, sizes: list[int]) -> list[tuple[float, float, bool]]:
-    """Send one message per size from the device namespace to a sink server launched in the
-    server namespace; returns (seconds to the last byte, expected seconds, intact) per message."""
-    server = subprocess.Popen(
-        [*link.server_command_prefix(), sys.executable, "-c", SINK, link.server_bind_host()],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = int(server.stdout.readline())
-        sock = link.connect(link.server_connect_host(), port, timeout=10.0)
-        pacer, results = link.uplink_pacer(), []
+    """Send one message per size from the device namespace to a sink in the server namespace;
+    returns (seconds to the last byte, expected seconds, intact) per message."""
+    pacer, results = link.uplink_pacer(), []
+    with sink.connected_sink(link) as sock:
         for size in sizes:
             payload = os.urandom(size)
-            message = struct.pack("!Q", size) + payload
+            framed = sink.message(payload)
             start_mono, start_t = time.monotonic(), clock.now()
-            expected = pacer.expected_seconds(len(message), start_t)
-            pacer.send(sock, message, clock)
-            reply = sock.recv(40)
-            last_byte_t = struct.unpack("!d", reply[:8])[0]
-            results.append(
-                (last_byte_t - start_mono, expected, reply[8:] == hashlib.sha256(payload).digest())
-            )
-        sock.close()
-        return results
-    finally:
-        server.kill()
-        server.wait()
+            expected = pacer.expected_seconds(len(framed), start_t)
+            pacer.send(sock, framed, clock)
+            last_byte_t, digest = sink.read_reply(sock)
+            results.append((last_byte_t - start_mono, expected, digest == hashlib.sha256(payload).digest()))
+    return results
 
 
-def assert_close(measured: float, expected: float, tolerance: float = 0.3) -> None:
-    assert abs(measured - expected) <= tolerance * expected, (
+def assert_close(measured: float, expected: float, tolerance: float = 0.3, slack_s: float = 0.05) -> None:
+    """Never faster than the trace allows; later only by scheduling delays on a busy machine."""
+    assert (1 - tolerance) * expected <= measured <= (1 + tolerance) * expected + slack_s, (
         f"took {measured:.3f} s, expected {expected:.3f} s"
     )
 

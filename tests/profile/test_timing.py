@@ -50,7 +50,7 @@ def test_slowdown_below_one_is_a_config_error(slowdown):
 def test_precise_sleep_is_close():
     start = time.perf_counter()
     precise_sleep(0.015)
-    assert 0.015 <= time.perf_counter() - start < 0.03
+    assert 0.015 <= time.perf_counter() - start < 0.015 + 0.05  # never early; late only by scheduling
 
 
 def test_torch_threads_restores_the_thread_count():
