@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1.0, help="uplink timeout before falling back")
     parser.add_argument("--estimator", choices=["ewma", "last", "harmonic"], default="ewma",
                         help="the rate estimator of the online policies")
-    parser.add_argument("--alpha", type=float, default=0.3, help="EWMA weight of the newest sample")
+    parser.add_argument("--alpha", type=float, default=0.5, help="EWMA weight of the newest sample")
     parser.add_argument("--n", type=int, default=3, help="samples of the harmonic mean")
     parser.add_argument("--only", help="only traces of this kind (3G, 4G, 5G, WiFi)")
     parser.add_argument("--max-age", type=float, default=0.5, help="estimate age that triggers a probe")

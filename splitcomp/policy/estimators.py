@@ -100,7 +100,7 @@ class EwmaEstimator(RateEstimator):
 
     name = "ewma"
 
-    def __init__(self, alpha: float = 0.3, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
+    def __init__(self, alpha: float = 0.5, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
         super().__init__(max_age_s, probe_bytes)
         if not 0 < alpha <= 1:
             raise ConfigError(f"ewma alpha must be in (0, 1], got {alpha}; set estimator.alpha accordingly.")
