@@ -1,14 +1,18 @@
-"""A real ``mlflow server`` on 127.0.0.1 and one small simulated sweep logged to it, shared by the
-tests of this folder (starting either costs tens of seconds)."""
+"""A real ``mlflow server`` on 127.0.0.1 (PostgreSQL-backed where PostgreSQL runs) and one small
+simulated sweep logged to it, shared by the tests of this folder (starting either costs tens of
+seconds); a Ray cluster for the tests of launchers beyond one machine."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -37,8 +41,9 @@ def clean_env() -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, backend: str) -> None:
         self.url = url
+        self.backend = backend  # "postgresql" or "sqlite"
 
     def api(self, path: str, body: dict | None = None) -> dict:
         """GET (no body) or POST (JSON body) on the REST API."""
@@ -52,16 +57,41 @@ class Server:
             return response.read().decode()
 
 
+def postgres_missing() -> str | None:
+    """Why a PostgreSQL-backed server cannot run here, or None."""
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) and shutil.which("initdb") is None:
+        return "PostgreSQL is not installed (Debian package postgresql; bash .ci/setup installs it)"
+    if importlib.util.find_spec("psycopg2") is None:
+        return "the PostgreSQL driver psycopg2 is not installed (pip install psycopg2-binary; .ci/setup installs it)"
+    return None
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow_server")
+    """The tests' tracking server, started for the session and stopped after it: PostgreSQL-backed
+    (experiments/tracking_server.sh, what parallel sweeps should log to) where PostgreSQL runs,
+    else SQLite-backed."""
+    if postgres_missing() is None:
+        # not under pytest's temporary root: the postgres user must be able to enter the folder
+        folder = Path(tempfile.mkdtemp(prefix="splitcomp-tracking-"))
+        folder.chmod(0o755)
+        try:
+            yield Server(run_script("tracking_server.sh", "start", folder), "postgresql")
+        finally:
+            run_script("tracking_server.sh", "stop", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        yield from sqlite_server(tmp_path_factory.mktemp("mlflow_server"))
+
+
+def sqlite_server(root: Path):
     port = free_port()
     log = open(root / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root}/m.db", "--artifacts-destination", str(root / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}")
+    server = Server(f"http://127.0.0.1:{port}", "sqlite")
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -84,6 +114,16 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
+def run_script(script: str, command: str, folder: Path, *args: str) -> str:
+    """``bash experiments/SCRIPT COMMAND FOLDER ARGS``; its last output line (``start``: the address)."""
+    env = dict(clean_env(), MLFLOW_WORKERS="1")  # one server worker: it starts in half the time
+    result = subprocess.run(["bash", str(REPO / "experiments" / script), command, str(folder), *args], env=env,
+                            capture_output=True, text=True, timeout=240)
+    if result.returncode != 0:
+        raise RuntimeError(f"{script} {command} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return (result.stdout.strip().splitlines() or [""])[-1]
+
+
 @pytest.fixture(scope="session")
 def sweep(mlflow_server, tmp_path_factory):
     """Three simulated jobs (one per policy) in two joblib worker processes, logged to the server."""
@@ -97,3 +137,19 @@ def sweep(mlflow_server, tmp_path_factory):
         raise AssertionError(f"sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return {"dir": root / "sweep", "result": result, "server": mlflow_server, "experiment": EXPERIMENT,
             "policies": POLICIES}
+
+
+# --- beyond one machine --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """experiments/ray_cluster.sh: a Ray head node and one worker node (one CPU each) on this host;
+    yields the address, and ends every process of both nodes after the module."""
+    for module, package in (("ray", "ray"), ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{package} is not installed (pip install -e '.[cluster]'; .ci/setup installs it)")
+    folder = tmp_path_factory.mktemp("ray_cluster")
+    try:
+        yield run_script("ray_cluster.sh", "start", folder, "1", "1")
+    finally:
+        run_script("ray_cluster.sh", "stop", folder)

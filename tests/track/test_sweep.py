@@ -123,3 +123,43 @@ def test_job_start_exports_the_parent_in_a_fresh_process(monkeypatch):
     monkeypatch.delenv(PARENT_ENV)
     SweepCallback().on_job_start(OmegaConf.create({}), task_function=None)
     assert PARENT_ENV not in os.environ
+
+
+def test_sweep_size_counts_the_jobs_of_the_basic_sweeper():
+    from splitcomp.track.sweep import sweep_size
+
+    def config(task, params=None, target="hydra._internal.core_plugins.basic_sweeper.BasicSweeper"):
+        return OmegaConf.create({"hydra": {"overrides": {"task": task},
+                                           "sweeper": {"_target_": target, "params": params}}})
+
+    assert sweep_size(config(["policy=a,b,c", "channel=x,y", "seed=1"])) == 6
+    assert sweep_size(config(["seed=range(0,4)", "policy=a,b"])) == 8
+    assert sweep_size(config(["policy=a"], params={"channel": "x,y,z"})) == 3
+    assert sweep_size(config(["policy=a,b"], target="hydra_plugins.x.OptunaSweeper")) is None
+
+
+def test_a_job_that_died_is_failed_and_counted(tmp_path, monkeypatch):
+    """Of three jobs one finished, one's process died with its run open, one died before opening
+    a run: the open run ends FAILED, and the parent counts two failed jobs of three."""
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    callback = SweepCallback()
+    config = hydra_like_config(tmp_path, uri)
+    config.hydra.overrides.task = ["policy=a,b,c"]
+    config.hydra.sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}
+    callback.on_multirun_start(config)
+    client = MlflowClient(uri)
+    experiment_id = client.get_run(callback.parent_run_id).info.experiment_id
+    tags = {"mlflow.parentRunId": callback.parent_run_id}
+    finished = client.create_run(experiment_id, tags={**tags, "splitcomp.job_num": "0"})
+    client.log_metric(finished.info.run_id, "latency_ms_mean", 5.0)
+    client.set_terminated(finished.info.run_id)
+    killed = client.create_run(experiment_id, tags={**tags, "splitcomp.job_num": "1"})  # never ended
+    callback._close_if_open()  # the launcher reported the dead job: the sweep ended early
+    assert client.get_run(killed.info.run_id).info.status == "FAILED"
+    assert "splitcomp.failure" in client.get_run(killed.info.run_id).data.tags
+    parent = client.get_run(callback.parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["splitcomp.jobs"] == "3"
+    assert parent.data.metrics["jobs"] == 3 and parent.data.metrics["jobs_failed"] == 2
