@@ -47,10 +47,14 @@ free_port() {
   "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+healthy() {  # URL: whether an MLflow server answers there
+  "$PYTHON" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" "$1" \
+    2>/dev/null
+}
+
 wait_for_health() {  # URL PID: until the server answers /health, or it exits
   for _ in $(seq 600); do
-    if "$PYTHON" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" \
-        "$1" 2>/dev/null; then return 0; fi
+    if healthy "$1"; then return 0; fi
     kill -0 "$2" 2>/dev/null || break
     sleep 0.2
   done
@@ -113,6 +117,10 @@ stop_server() {
 
 case $command in
   start)
+    if [[ -e $dir/uri ]] && healthy "$(cat "$dir/uri")"; then
+      cat "$dir/uri"  # already running
+      exit 0
+    fi
     port=${3:-$(free_port)} host=${4:-127.0.0.1}
     bin=$(pg_bin)
     trap stop_server ERR

@@ -175,17 +175,38 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
 
 def end_dead_jobs(client: Any, parent_run_id: str) -> list[Any]:
     """The sweep's job runs, once those still RUNNING are ended as FAILED: the sweep is over, so
-    their process died (killed, out of memory, a lost node) before it could end its run."""
+    their process died (killed, out of memory, a lost node) before it could end its run. A run
+    whose process still runs on this host is left open: a launcher that gives up at the first dead
+    job (Hydra's submitit launcher) leaves the other jobs running on their own."""
     from splitcomp.track import report
 
     children = report.child_runs(client, client.get_run(parent_run_id))
     for run in children:
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "splitcomp.failure", "the job's process ended without ending its run")
-            client.set_terminated(run.info.run_id, status="FAILED")
-            log.warning("job run %s was still running at the end of the sweep: its process died; "
-                        "ended it as FAILED", run.info.run_id)
+        if run.info.status != "RUNNING":
+            continue
+        if job_process_alive(run.data.tags):
+            log.warning("job run %s is still running (process %s); left open", run.info.run_id,
+                        run.data.tags.get("splitcomp.pid"))
+            continue
+        client.set_tag(run.info.run_id, "splitcomp.failure", "the job's process ended without ending its run")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("job run %s was still open at the end of the sweep: its process died; ended it as FAILED",
+                    run.info.run_id)
     return [client.get_run(run.info.run_id) if run.info.status == "RUNNING" else run for run in children]
+
+
+def job_process_alive(tags: dict[str, str]) -> bool:
+    """Whether the job process named by a run's tags runs on this host (False when unknown)."""
+    pid = tags.get("splitcomp.pid", "")
+    if tags.get("splitcomp.host") != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def log_sweep_summary(client: Any, parent_run_id: str, children: list[Any], jobs: int | None = None) -> None:
