@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # A real Ray cluster on this machine: a head node and worker nodes, each its own raylet started with
 # `ray start`, so that the jobs of a sweep leave the launching process as they would on a cluster.
-# All on 127.0.0.1, on free ports, with a small object store; every process it starts belongs to
-# the process group of one `ray start --block`, which `stop` ends (no `ray stop`, which would end
-# every Ray process of the user).
+# Free ports, a small object store; every process it starts belongs to the process group of one
+# `ray start --block`, which `stop` ends (no `ray stop`, which would end every Ray process of the
+# user). A multi-node Ray cluster listens on the host's network address; to keep it off the
+# network, start it (and the sweep) in a network namespace: experiments/netns.sh.
 #
 #   bash experiments/ray_cluster.sh start DIR [WORKERS [CPUS]]   # head + WORKERS nodes (default 1), CPUS each (1)
 #   bash experiments/ray_cluster.sh stop DIR
 #
-# `start` prints the address (also in DIR/address); run a sweep against it with
+# `start` prints the head's address (also in DIR/address); run a sweep against it with
 #   RAY_ADDRESS=$(cat DIR/address) splitcomp-run -m hydra/launcher=ray_cluster ...
 # The nodes run the Python of $PYTHON (default python3) with the current environment, so they
 # import the splitcomp installed there, as every node of a real cluster would.
@@ -33,7 +34,7 @@ EOF
 
 start_node() {  # NAME ARGS...: one `ray start --block` in a session of its own; waits until it runs
   local name=$1; shift
-  setsid "$PYTHON" -m ray.scripts.scripts start --block --node-ip-address 127.0.0.1 --disable-usage-stats \
+  setsid "$PYTHON" -m ray.scripts.scripts start --block --disable-usage-stats \
     --object-store-memory "$STORE_BYTES" "$@" > "$dir/$name.log" 2>&1 &
   echo $! > "$dir/$name.pid"
   for _ in $(seq 600); do

@@ -24,6 +24,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from splitcomp.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -42,8 +44,11 @@ class RayClusterLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
-
+        try:
+            from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
+        except ImportError as exc:
+            raise ConfigError(f"hydra/launcher=ray_cluster needs Ray and hydra-ray-launcher ({exc}); "
+                              "pip install 'splitcomp[cluster]'") from None
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

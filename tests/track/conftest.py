@@ -1,6 +1,7 @@
-"""A real ``mlflow server`` on 127.0.0.1 (PostgreSQL-backed where PostgreSQL runs) and one small
-simulated sweep logged to it, shared by the tests of this folder (starting either costs tens of
-seconds); a Ray cluster for the tests of launchers beyond one machine."""
+"""A real ``mlflow server`` (PostgreSQL-backed where PostgreSQL runs, in a network namespace of the
+session where one can be made) and one small simulated sweep logged to it, shared by the tests of
+this folder (starting either costs tens of seconds); a Ray cluster beside the server for the
+tests of launchers beyond one machine."""
 
 from __future__ import annotations
 
@@ -41,9 +42,14 @@ def clean_env() -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, url: str, backend: str) -> None:
+    """A tracking server: ``url`` from this process, ``inner_url`` from processes in its network
+    namespace ``netns`` (None: no namespace, both the same)."""
+
+    def __init__(self, url: str, backend: str, inner_url: str | None = None, netns: str | None = None) -> None:
         self.url = url
         self.backend = backend  # "postgresql" or "sqlite"
+        self.inner_url = inner_url or url
+        self.netns = netns
 
     def api(self, path: str, body: dict | None = None) -> dict:
         """GET (no body) or POST (JSON body) on the REST API."""
@@ -56,6 +62,15 @@ class Server:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
             return response.read().decode()
 
+    def inside(self, command: list[str]) -> list[str]:
+        """``command`` run in the server's network namespace, where ``inner_url`` reaches it."""
+        return in_netns(self.netns, command)
+
+
+def in_netns(netns: str | None, command: list[str]) -> list[str]:
+    """``command`` run inside the network namespace ``netns`` (as it is when None)."""
+    return ["ip", "netns", "exec", netns, *command] if netns else command
+
 
 def postgres_missing() -> str | None:
     """Why a PostgreSQL-backed server cannot run here, or None."""
@@ -67,31 +82,52 @@ def postgres_missing() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def netns():
+    """A network namespace of the session (experiments/netns.sh), for a Ray cluster that stays off
+    the host's network: (name, its address from here), or None without root."""
+    name = f"splitcomp-test-{os.getpid()}"
+    result = subprocess.run(["bash", str(REPO / "experiments" / "netns.sh"), "create", name], capture_output=True,
+                            text=True, timeout=60)
+    if result.returncode != 0:
+        yield None
+        return
+    try:
+        yield name, result.stdout.strip()
+    finally:
+        subprocess.run(["bash", str(REPO / "experiments" / "netns.sh"), "delete", name], timeout=60)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(netns, tmp_path_factory):
     """The tests' tracking server, started for the session and stopped after it: PostgreSQL-backed
     (experiments/tracking_server.sh, what parallel sweeps should log to) where PostgreSQL runs,
-    else SQLite-backed."""
+    else SQLite-backed; in the session's network namespace when there is one (listening on all of
+    its interfaces: its loopback and the link to this host), else on 127.0.0.1."""
+    name, address = netns or (None, "127.0.0.1")
+    host = "0.0.0.0" if name else "127.0.0.1"
     if postgres_missing() is None:
         # not under pytest's temporary root: the postgres user must be able to enter the folder
         folder = Path(tempfile.mkdtemp(prefix="splitcomp-tracking-"))
         folder.chmod(0o755)
         try:
-            yield Server(run_script("tracking_server.sh", "start", folder), "postgresql")
+            inner = run_script("tracking_server.sh", "start", folder, "", host, netns=name)
+            yield Server(inner.replace("127.0.0.1", address), "postgresql", inner, name)
         finally:
-            run_script("tracking_server.sh", "stop", folder)
+            run_script("tracking_server.sh", "stop", folder, netns=name)
             shutil.rmtree(folder, ignore_errors=True)
     else:
-        yield from sqlite_server(tmp_path_factory.mktemp("mlflow_server"))
+        yield from sqlite_server(tmp_path_factory.mktemp("mlflow_server"), name, address, host)
 
 
-def sqlite_server(root: Path):
+def sqlite_server(root: Path, netns: str | None, address: str, host: str):
     port = free_port()
     log = open(root / "server.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root}/m.db", "--artifacts-destination", str(root / "artifacts")],
+        in_netns(netns, [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers",
+                         "1", "--backend-store-uri", f"sqlite:///{root}/m.db", "--artifacts-destination",
+                         str(root / "artifacts")]),
         stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", "sqlite")
+    server = Server(f"http://{address}:{port}", "sqlite", f"http://127.0.0.1:{port}", netns)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -114,11 +150,12 @@ def sqlite_server(root: Path):
         log.close()
 
 
-def run_script(script: str, command: str, folder: Path, *args: str) -> str:
-    """``bash experiments/SCRIPT COMMAND FOLDER ARGS``; its last output line (``start``: the address)."""
+def run_script(script: str, command: str, folder: Path, *args: str, netns: str | None = None) -> str:
+    """``bash experiments/SCRIPT COMMAND FOLDER ARGS`` (in ``netns``); its last output line (``start``:
+    the address)."""
     env = dict(clean_env(), MLFLOW_WORKERS="1")  # one server worker: it starts in half the time
-    result = subprocess.run(["bash", str(REPO / "experiments" / script), command, str(folder), *args], env=env,
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run(in_netns(netns, ["bash", str(REPO / "experiments" / script), command, str(folder), *args]),
+                            env=env, capture_output=True, text=True, timeout=240)
     if result.returncode != 0:
         raise RuntimeError(f"{script} {command} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     return (result.stdout.strip().splitlines() or [""])[-1]
@@ -142,14 +179,18 @@ def sweep(mlflow_server, tmp_path_factory):
 # --- beyond one machine --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """experiments/ray_cluster.sh: a Ray head node and one worker node (one CPU each) on this host;
-    yields the address, and ends every process of both nodes after the module."""
+def ray_cluster(mlflow_server, tmp_path_factory):
+    """experiments/ray_cluster.sh in the session's network namespace, beside the tracking server: a
+    Ray head node and one worker node (one CPU each); yields the address, and ends every process of
+    both nodes after the module."""
     for module, package in (("ray", "ray"), ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher")):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{package} is not installed (pip install -e '.[cluster]'; .ci/setup installs it)")
+    if mlflow_server.netns is None:
+        pytest.skip("no network namespace (needs root and iproute2): a multi-node Ray cluster would listen on "
+                    "this host's network address")
     folder = tmp_path_factory.mktemp("ray_cluster")
     try:
-        yield run_script("ray_cluster.sh", "start", folder, "1", "1")
+        yield run_script("ray_cluster.sh", "start", folder, "1", "1", netns=mlflow_server.netns)
     finally:
         run_script("ray_cluster.sh", "stop", folder)

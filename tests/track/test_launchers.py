@@ -37,9 +37,15 @@ def sweep_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def sweep_command(server, experiment: str, sweep_dir: Path, profiles: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "splitcomp.tasks.run", "-m", *TINY, *overrides, f"tracking.uri={server.url}",
+def sweep_command(uri: str, experiment: str, sweep_dir: Path, profiles: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "splitcomp.tasks.run", "-m", *TINY, *overrides, f"tracking.uri={uri}",
             f"tracking.experiment={experiment}", f"hydra.sweep.dir={sweep_dir}", f"profile.cache_dir={profiles}"]
+
+
+def ray_sweep_command(server, experiment: str, sweep_dir: Path, profiles: Path, *overrides: str) -> list[str]:
+    """A sweep launched beside the Ray cluster, in the tracking server's network namespace."""
+    return server.inside(sweep_command(server.inner_url, experiment, sweep_dir, profiles, *overrides,
+                                       "hydra/launcher=ray_cluster"))
 
 
 def sweep_runs(server, experiment: str) -> tuple[object, list[object]]:
@@ -83,7 +89,7 @@ def test_submitit_sweep_runs_four_jobs_at_once_against_postgres(mlflow_server, p
     if mlflow_server.backend != "postgresql":
         pytest.skip("no PostgreSQL here: the tracking server runs on SQLite (bash .ci/setup installs postgresql)")
     server = mlflow_server
-    command = sweep_command(server, "submitit_sweep", tmp_path / "sweep", profiles, "runtime=sim",
+    command = sweep_command(server.url, "submitit_sweep", tmp_path / "sweep", profiles, "runtime=sim",
                             f"policy={','.join(POLICIES)}", "hydra/launcher=submitit_local",
                             "hydra.launcher.timeout_min=5")
     result = subprocess.run(command, env=sweep_env(), capture_output=True, text=True, timeout=240, cwd=REPO)
@@ -105,8 +111,8 @@ def test_submitit_sweep_runs_four_jobs_at_once_against_postgres(mlflow_server, p
 def test_ray_cluster_sweep_lands_every_job_under_one_parent(mlflow_server, ray_cluster, profiles,
                                                             tmp_path):
     server = mlflow_server
-    command = sweep_command(server, "ray_sweep", tmp_path / "sweep", profiles, "runtime=sim",
-                            f"policy={','.join(POLICIES)}", "hydra/launcher=ray_cluster")
+    command = ray_sweep_command(server, "ray_sweep", tmp_path / "sweep", profiles, "runtime=sim",
+                                f"policy={','.join(POLICIES)}")
     result = subprocess.run(command, env=sweep_env(RAY_ADDRESS=ray_cluster), capture_output=True, text=True,
                             timeout=240, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -163,9 +169,8 @@ def test_a_killed_ray_job_fails_alone_and_its_server_process_ends(mlflow_server,
     between requests and its worker process is killed meanwhile. The other job still runs and logs,
     the killed one's run ends FAILED, the parent counts it, its server process goes too."""
     server = mlflow_server
-    command = sweep_command(server, "ray_killed", tmp_path / "sweep", profiles, "runtime=socket", "link=loopback",
-                            "policy=server_only", "arrivals=periodic", "requests=3",
-                            "arrivals.interval_s=60,1.0", "hydra/launcher=ray_cluster")
+    command = ray_sweep_command(server, "ray_killed", tmp_path / "sweep", profiles, "runtime=socket", "link=loopback",
+                                "policy=server_only", "arrivals=periodic", "requests=3", "arrivals.interval_s=60,1.0")
     sweep = subprocess.Popen(command, env=sweep_env(RAY_ADDRESS=ray_cluster), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
