@@ -21,6 +21,15 @@ TINY_SIM = ["runtime=sim", "model=torchvision", "model.name=mobilenet_v3_small",
             "profile.repeats=1"]
 
 
+# where the installed package and its configs are, and the launchers Hydra finds
+WHERE = """
+import splitcomp.configs as c
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+print(c.__file__, c.config_dir(), ",".join(p.__name__ for p in Plugins.instance().discover(Launcher)))
+"""
+
+
 def tracked_files(folder: str) -> list[Path]:
     """The files of a source folder as a checkout has them (no caches)."""
     return sorted(p.relative_to(REPO) for p in (REPO / folder).rglob("*")
@@ -90,11 +99,11 @@ def test_the_wheel_carries_every_module_config_and_config_data(wheel):
 
 def test_installed_wheel_runs_from_any_folder(venv, tmp_path):
     env = venv_env(venv)
-    where = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import splitcomp.configs as c; print(c.__file__); print(c.config_dir())"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True)
-    module, conf = where.stdout.split()
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", WHERE], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=60, check=True)
+    module, conf, launchers = where.stdout.split()
     assert module.startswith(str(venv)) and conf.startswith(str(venv)), where.stdout
+    assert "RayClusterLauncher" in launchers.split(",")  # Hydra finds the shipped launcher
     # every console script composes its config (all at once: most of their time is importing torch)
     running = {script: subprocess.Popen([script, "--cfg", "job"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True) for script in SCRIPTS}

@@ -126,26 +126,18 @@ def test_ray_cluster_sweep_lands_every_job_under_one_parent(mlflow_server, ray_c
     assert_nothing_lost(server, children)
 
 
-def child_processes(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc)."""
+def server_processes(folder: Path) -> list[int]:
+    """Live ``splitcomp-serve`` processes whose config lies under ``folder`` (from /proc)."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
+        if "splitcomp.tasks.serve" in args and state != "Z" and any(str(folder) in a for a in args):
+            found.append(int(cmdline.parent.name))
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def wait_for_running_job(server, experiment: str, override: str, deadline: float) -> object:
@@ -167,7 +159,7 @@ def test_a_killed_ray_job_fails_alone_and_its_server_process_ends(mlflow_server,
                                                                   tmp_path):
     """Two socket jobs (each starts its edge-server process on its worker); the first waits 60 s
     between requests and its worker process is killed meanwhile. The other job still runs and logs,
-    the killed one's run ends FAILED, the parent counts it, its server process goes too."""
+    the killed one's run ends FAILED, the parent counts it, and no job's server process is left."""
     server = mlflow_server
     command = ray_sweep_command(server, "ray_killed", tmp_path / "sweep", profiles, "runtime=socket", "link=loopback",
                                 "policy=server_only", "arrivals=periodic", "requests=3", "arrivals.interval_s=60,1.0")
@@ -175,21 +167,20 @@ def test_a_killed_ray_job_fails_alone_and_its_server_process_ends(mlflow_server,
                              stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         victim = wait_for_running_job(server, "ray_killed", "arrivals.interval_s=60", time.monotonic() + 120)
-        job_pid = int(victim.data.tags["splitcomp.pid"])
         deadline = time.monotonic() + 60
-        while not (servers := child_processes(job_pid)) and time.monotonic() < deadline:
+        while not server_processes(tmp_path / "sweep" / "0") and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert servers, "the job started no server process"
-        os.kill(job_pid, signal.SIGKILL)
+        assert server_processes(tmp_path / "sweep" / "0"), "the job started no server process"
+        os.kill(int(victim.data.tags["splitcomp.pid"]), signal.SIGKILL)
         out, err = sweep.communicate(timeout=180)
     finally:
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode != 0 and "died" in out + err, err[-3000:]
-    deadline = time.monotonic() + 15
-    while any(alive(pid) for pid in servers) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 15  # the killed job's server notices that its run is gone
+    while server_processes(tmp_path / "sweep") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(alive(pid) for pid in servers), "the killed job's server process outlived it"
+    assert not server_processes(tmp_path / "sweep"), "a job's server process outlived its job"
     parent, children = sweep_runs(server, "ray_killed")
     status = {parse_overrides(r.data.tags["splitcomp.overrides"])["arrivals.interval_s"]: r for r in children}
     assert status["60"].info.status == "FAILED" and "splitcomp.failure" in status["60"].data.tags
