@@ -11,11 +11,12 @@
 #   splitcomp-run -m hydra/launcher=joblib hydra.launcher.n_jobs=4 policy=dynamic,oracle ...
 #   splitcomp-report tracking.experiment=...
 #
-# PORT defaults to a free one, HOST to 127.0.0.1 (use 0.0.0.0, --allowed-hosts and a firewall to
-# serve other machines). PostgreSQL (Debian package postgresql) refuses to run as root: as root, the
+# PORT defaults to a free one, HOST to 127.0.0.1 (0.0.0.0 serves other machines too; MLflow then
+# answers requests addressed to localhost and private addresses only). The database listens on
+# 127.0.0.1 alone. PostgreSQL (Debian package postgresql) refuses to run as root: as root, the
 # database runs as the user postgres, which must be able to reach DIR. Its password is random, kept
-# in DIR/postgres.env (mode 600) and handed to the server through the environment, not its command
-# line. MLFLOW_WORKERS sets the server's worker processes (default 2).
+# in DIR/postgres.password and DIR/postgres.env (mode 600) and handed to the server through the
+# environment, not its command line. MLFLOW_WORKERS sets the server's worker processes (default 2).
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 
