@@ -38,6 +38,7 @@ class Cut:
     head_param_bytes: int
     tail_param_bytes: int
     single_tensor: bool  # exactly one tensor crosses (plain values aside)
+    ends_modules: tuple[str, ...] = ()  # paths of the modules whose output this cut sends (outermost first)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +49,8 @@ class SplitPlan:
     and head/tail modules for any cut."""
 
     def __init__(self, gm: fx.GraphModule, order: GraphOrder, records: list[CutRecord], codec: Codec,
-                 rule: BottleneckRule, input_raw_bytes: int, analysis_s: float = 0.0) -> None:
+                 rule: BottleneckRule, input_raw_bytes: int, analysis_s: float = 0.0,
+                 model: nn.Module | None = None) -> None:
         self.graph_module = gm
         self.codec = codec
         self.rule = rule
@@ -57,7 +59,8 @@ class SplitPlan:
         self._order = order
         self._records = records
         self.cuts = [_public_cut(i, record, last=len(records) - 1) for i, record in enumerate(records)]
-        self.natural_bottlenecks = list(rule.select(self.cuts, input_raw_bytes))
+        # the rule sees the model as written (the traced copy keeps used modules only, untyped)
+        self.natural_bottlenecks = list(rule.select(self.cuts, input_raw_bytes, model=model or gm))
         natural = {cut.index for cut in self.natural_bottlenecks}
         self.candidates = [cut for cut in self.cuts if cut.index in natural or cut.index in (0, len(self.cuts) - 1)]
         self._by_name = {cut.name: cut for cut in self.cuts}
@@ -83,6 +86,11 @@ class SplitPlan:
             f"no cut {name_or_index!r} in this model; use an index below {len(self.cuts)} or one of the names "
             f"{_short_list([c.name for c in self.candidates])} (natural bottlenecks; all names: plan.cuts)")
 
+    def cut_node(self, cut: Cut | str | int) -> fx.Node | None:
+        """The node of ``graph_module`` the cut follows (None for an input cut of a model without inputs)."""
+        position = self._records[self.cut(cut).index].position
+        return self._order.nodes[position] if position >= 0 else None
+
     def split(self, cut: Cut | str | int) -> tuple[fx.GraphModule, fx.GraphModule]:
         """(head, tail): ``head(x)`` returns the tuple of crossing values, ``tail(values)`` the output."""
         index = self.cut(cut).index
@@ -107,7 +115,7 @@ def _public_cut(index: int, record: CutRecord, last: int) -> Cut:
     return Cut(index=index, name=name, crossing=tuple(n.name for n in record.crossing), elements=record.elements,
                bytes=record.nbytes, head_flops=record.head_flops, tail_flops=record.tail_flops,
                head_param_bytes=record.head_param_bytes, tail_param_bytes=record.tail_param_bytes,
-               single_tensor=record.tensors == 1)
+               single_tensor=record.tensors == 1, ends_modules=record.ends_modules)
 
 
 def _as_inputs(example_input: Any) -> tuple[Any, ...]:
@@ -135,4 +143,4 @@ def analyze(model: nn.Module, example_input: Any, codec: Codec | None = None, ru
     stats = measure(gm, inputs, codec)
     order = order_graph(gm.graph)
     records = enumerate_cuts(gm, order, stats)
-    return SplitPlan(gm, order, records, codec, rule, _raw_bytes(inputs), time.perf_counter() - start)
+    return SplitPlan(gm, order, records, codec, rule, _raw_bytes(inputs), time.perf_counter() - start, model=model)
