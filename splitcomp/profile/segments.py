@@ -4,13 +4,14 @@ One pass per batch size times every candidate at once: a cut's head time is the 
 stretches before it, its tail time the sum of those after it. This is how the paper-style sweeps
 profile big models (VGG-16 at 384 px is ~45 GFLOPs an image) at several batch sizes within minutes,
 and it keeps heads in order: a deeper cut's head is never timed faster than a shallower one's.
-The head and the tail here run on the same hardware; a device that is ``slowdown`` times slower is
-modelled by scaling the head (:func:`cut_profiles`). The passes run node by node (``fx.Interpreter``),
-which adds some microseconds of Python per graph node to the stretch that node is in.
+The stretches run as the plan's segment modules (``SplitPlan.segment``), compiled like any head or
+tail. The head and the tail here run on the same hardware; a device that is ``slowdown`` times
+slower is modelled by scaling the head (:func:`cut_profiles`).
 
-Repeats adapt to noise: after ``repeats`` passes at a batch size, more are run (up to
-``max_repeats``) while some head or tail time has an interquartile range above ``max_rel_iqr`` of
-the whole pass.
+Times are each stretch's fastest pass (see :meth:`SegmentProfile.fastest`), spreads the
+interquartile range over passes. Repeats adapt to noise: after ``repeats`` passes at a batch size,
+more are run (up to ``max_repeats``) while some head or tail time has an interquartile range above
+``max_rel_iqr`` of the whole pass.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx
+from torch import nn
 from tqdm.auto import tqdm
 
 from splitcomp.errors import ConfigError
@@ -52,16 +53,24 @@ class SegmentProfile:
     def batch_sizes(self) -> list[int]:
         return sorted(self.samples)
 
-    def _sums(self, index: int, batch: int, head: bool) -> list[float]:
-        return [sum(stretches[:index] if head else stretches[index:]) for stretches in self.samples[batch]]
+    def fastest(self, batch: int) -> list[float]:
+        """Each stretch's fastest pass: the hardware's own time (on a shared machine other work
+        slows some passes down, and short passes are spared more often than long ones, so medians
+        would favour small batches; no pass runs faster than the hardware)."""
+        return [min(times) for times in zip(*self.samples[batch])]
+
+    def _spread(self, index: int, batch: int, head: bool) -> float:
+        sums = [sum(stretches[:index] if head else stretches[index:]) for stretches in self.samples[batch]]
+        return median_and_spread(sums)[1]
 
     def head(self, index: int, batch: int) -> tuple[float, float]:
-        """(median, interquartile range) of the seconds from the input to cut ``index``."""
-        return median_and_spread(self._sums(index, batch, head=True))
+        """(time, spread) from the input to cut ``index``: the sum of the stretches' fastest passes,
+        and the interquartile range of the passes' sums."""
+        return sum(self.fastest(batch)[:index]), self._spread(index, batch, head=True)
 
     def tail(self, index: int, batch: int) -> tuple[float, float]:
-        """(median, interquartile range) of the seconds from cut ``index`` to the output."""
-        return median_and_spread(self._sums(index, batch, head=False))
+        """(time, spread) from cut ``index`` to the output, as :meth:`head`."""
+        return sum(self.fastest(batch)[index:]), self._spread(index, batch, head=False)
 
     def total(self, batch: int) -> tuple[float, float]:
         return self.head(len(self.cuts) - 1, batch)
@@ -113,89 +122,73 @@ def _widest_rel_iqr(runs: list[list[float]]) -> float:
     return max(spreads) / max(statistics.median(totals), 1e-12)
 
 
-class _StampingInterpreter(fx.Interpreter):
-    """Runs the graph node by node and reads the clock after each boundary node."""
-
-    def __init__(self, gm: fx.GraphModule, boundaries: Sequence[fx.Node | None], device: torch.device,
-                 clock: Callable[[], float], capture: dict[fx.Node, tuple[fx.Node, ...]] | None = None) -> None:
-        super().__init__(gm)
-        self.boundaries = list(boundaries)
-        self.at_node = {n: i for i, n in enumerate(self.boundaries) if n is not None}
-        self.device, self.clock = device, clock
-        self.capture = capture or {}
-        self.stamps: list[float] = []
-        self.captured: dict[fx.Node, tuple[Any, ...]] = {}
-
-    def _stamp(self) -> float:
-        synchronize(self.device)
-        return self.clock()
-
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        start = self._stamp()
-        self.stamps = [start if n is None else float("nan") for n in self.boundaries]
-        return super().run(*args, **kwargs)
-
-    def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
-        if n in self.at_node:
-            self.stamps[self.at_node[n]] = self._stamp()
-            if n in self.capture:
-                self.captured[n] = tuple(value if v is n else self.env[v] for v in self.capture[n])
-        return value
-
-    def stretches(self) -> list[float]:
-        return [later - earlier for earlier, later in zip(self.stamps, self.stamps[1:])]
-
-
 def _batch_of(example: torch.Tensor, batch: int) -> torch.Tensor:
     one = example[:1]
     return one.expand(batch, *one.shape[1:]).contiguous()
 
 
-def _boundaries(plan: Any, gm: fx.GraphModule, cuts: Sequence[Any]) -> list[fx.Node | None]:
-    by_name = {n.name: n for n in gm.graph.nodes}
-    nodes = [plan.cut_node(cut) for cut in cuts]
-    return [None if n is None else by_name[n.name] for n in nodes]
+def segment_modules(plan: Any, cuts: Sequence[Any], device: torch.device) -> list[nn.Module]:
+    """The model between consecutive ``cuts``, one module per stretch, on ``device``."""
+    modules = [plan.segment(start, end).eval() for start, end in zip(cuts, cuts[1:])]
+    return modules if device.type == "cpu" else [copy.deepcopy(m).to(device) for m in modules]
+
+
+def _timed_pass(modules: Sequence[nn.Module], inputs: torch.Tensor, device: torch.device,
+                clock: Callable[[], float]) -> list[float]:
+    values: tuple[Any, ...] = (inputs,)
+    synchronize(device)
+    stamps = [clock()]
+    for module in modules:
+        values = module(values)
+        synchronize(device)
+        stamps.append(clock())
+    return [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+
+
+def _wants_more(runs: list[list[float]], repeats: int, max_repeats: int, max_rel_iqr: float) -> bool:
+    return len(runs) < repeats or (len(runs) < max_repeats and _widest_rel_iqr(runs) > max_rel_iqr)
 
 
 def time_segments(plan: Any, example: torch.Tensor, cuts: Sequence[Any], batch_sizes: Sequence[int],
                   device: torch.device | str = "cpu", threads: int | None = 1, warmup: int = 1, repeats: int = 3,
                   max_repeats: int = 9, max_rel_iqr: float = 0.05, clock: Callable[[], float] = time.perf_counter,
                   progress: bool = True) -> SegmentProfile:
-    """Time ``plan.graph_module`` on ``example`` (its first image repeated to each batch size) in
-    the stretches between consecutive ``cuts`` (in plan order, usually ``plan.candidates``)."""
+    """Time the model on ``example`` (its first image repeated to each batch size) in the stretches
+    between consecutive ``cuts`` (in plan order, usually ``plan.candidates``, the first of them the
+    input cut). Each round runs one pass per batch size still wanting one, so a slow spell on a
+    shared machine hits every batch size alike rather than one of them."""
     if repeats < 1 or warmup < 0 or max_repeats < repeats:
         raise ConfigError(f"repeats={repeats}, warmup={warmup}, max_repeats={max_repeats}; "
                           "use repeats >= 1, warmup >= 0 and max_repeats >= repeats")
+    if not cuts or cuts[0].name != "input":
+        raise ConfigError("segment timing starts at the input cut; pass plan.candidates or cuts from plan.cuts[0] on")
     device = torch.device(device)
-    gm = plan.graph_module if device.type == "cpu" else copy.deepcopy(plan.graph_module).to(device)
-    interpreter = _StampingInterpreter(gm.eval(), _boundaries(plan, gm, cuts), device, clock)
-    samples: dict[int, list[list[float]]] = {}
-    bar = tqdm(sorted({int(b) for b in batch_sizes}), desc="segment timing", unit="batch size",
-               disable=not progress, leave=False)
+    modules = segment_modules(plan, cuts, device)
+    sizes = sorted({int(b) for b in batch_sizes})
+    inputs = {b: _batch_of(example, b).to(device) for b in sizes}
+    samples: dict[int, list[list[float]]] = {b: [] for b in sizes}
+    bar = tqdm(total=len(sizes) * repeats, desc="segment timing", unit="pass", disable=not progress, leave=False)
     with torch.inference_mode(), torch_threads(threads):
-        for batch in bar:
-            inputs = _batch_of(example, batch).to(device)
+        for b in sizes:
             for _ in range(warmup):
-                interpreter.run(inputs)
-            runs: list[list[float]] = []
-            while len(runs) < repeats or (len(runs) < max_repeats and _widest_rel_iqr(runs) > max_rel_iqr):
-                interpreter.run(inputs)
-                runs.append(interpreter.stretches())
-            samples[batch] = runs
+                _timed_pass(modules, inputs[b], device, clock)
+        while pending := [b for b in sizes if _wants_more(samples[b], repeats, max_repeats, max_rel_iqr)]:
+            for b in pending:
+                samples[b].append(_timed_pass(modules, inputs[b], device, clock))
+                bar.update()
+    bar.close()
     return SegmentProfile(cuts=[c.name for c in cuts], samples=samples)
 
 
 def crossing_values(plan: Any, example: torch.Tensor, cuts: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """What crosses each of ``cuts`` for the first image of ``example`` (one pass, on the CPU)."""
-    gm = plan.graph_module
-    boundaries = _boundaries(plan, gm, cuts)
-    by_name = {n.name: n for n in gm.graph.nodes}
-    capture = {node: tuple(by_name[v] for v in cut.crossing) for node, cut in zip(boundaries, cuts) if node is not None}
-    interpreter = _StampingInterpreter(gm.eval(), boundaries, torch.device("cpu"), time.perf_counter, capture)
+    """What crosses each of ``cuts`` (from the input cut on) for the first image of ``example``."""
+    values: tuple[Any, ...] = (example[:1],)
+    crossings = [values]
     with torch.inference_mode():
-        interpreter.run(example[:1])
-    return [interpreter.captured.get(node, ()) for node in boundaries]
+        for module in segment_modules(plan, cuts, torch.device("cpu")):
+            values = module(values)
+            crossings.append(values)
+    return crossings
 
 
 def _median_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
@@ -208,6 +201,15 @@ def _median_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> f
     return statistics.median(times)
 
 
+def scale_heads(profiles: Profiles, slowdown: float) -> Profiles:
+    """The same profiles with every head time (and its spread) ``slowdown`` times longer: one
+    measured profile stands for devices of any speed relative to the hardware it was timed on."""
+    slowdown = check_slowdown(slowdown)
+    cuts = [replace(c, head_s={b: slowdown * t for b, t in c.head_s.items()},
+                    head_spread_s={b: slowdown * t for b, t in c.head_spread_s.items()}) for c in profiles.cuts]
+    return Profiles(key={**profiles.key, "slowdown": slowdown * profiles.key.get("slowdown", 1.0)}, cuts=cuts)
+
+
 def cut_profiles(segments: SegmentProfile, cuts: Sequence[Any], crossings: Sequence[tuple[Any, ...]], codec: Codec,
                  slowdown: float = 1.0, server_device: torch.device | str = "cpu", codec_repeats: int = 5,
                  key: dict[str, Any] | None = None) -> Profiles:
@@ -215,7 +217,6 @@ def cut_profiles(segments: SegmentProfile, cuts: Sequence[Any], crossings: Seque
     profile and the values crossing each cut: the head is the stretches before the cut times
     ``slowdown``, the tail the stretches after it; bytes and codec times come from ``codec`` on
     ``crossings`` (one image), so every codec shares the same measured computation."""
-    slowdown = check_slowdown(slowdown)
     if [c.name for c in cuts] != segments.cuts:
         raise ConfigError(f"segment profile is of cuts {segments.cuts}, not {[c.name for c in cuts]}; measure it again")
     server_device = torch.device(server_device)
@@ -225,8 +226,8 @@ def cut_profiles(segments: SegmentProfile, cuts: Sequence[Any], crossings: Seque
         head = {b: segments.head(k, b) for b in segments.batch_sizes}
         tail = {b: segments.tail(k, b) for b in segments.batch_sizes}
         flops = {"head_flops": getattr(cut, "head_flops", None), "tail_flops": getattr(cut, "tail_flops", None)}
-        head_s = {b: slowdown * m for b, (m, _) in head.items()}
-        head_spread = {b: slowdown * s for b, (_, s) in head.items()}
+        head_s = {b: m for b, (m, _) in head.items()}
+        head_spread = {b: s for b, (_, s) in head.items()}
         if k == last:
             zero = {b: 0.0 for b in segments.batch_sizes}
             profiled.append(CutProfile(cut.index, cut.name, 0, 0, head_s, zero, 0.0, 0.0, head_spread, dict(zero),
@@ -239,4 +240,54 @@ def cut_profiles(segments: SegmentProfile, cuts: Sequence[Any], crossings: Seque
         profiled.append(CutProfile(cut.index, cut.name, _payload_bytes(encoded), _output_bytes(crossings[last]), head_s,
                                    {b: m for b, (m, _) in tail.items()}, encode_s, decode_s, head_spread,
                                    {b: s for b, (_, s) in tail.items()}, is_full_offload=k == 0, **flops))
-    return Profiles(key=dict(key or {}), cuts=profiled)
+    return scale_heads(Profiles(key=dict(key or {}), cuts=profiled), slowdown)
+
+
+@dataclass(frozen=True)
+class SplitAgreement:
+    """Segment timing against the real head and tail modules of one split, at batch 1 (fastest passes, s)."""
+
+    cut: str
+    head_s: float
+    tail_s: float
+    segment_head_s: float
+    segment_tail_s: float
+
+    @property
+    def error_pct(self) -> float:
+        """The larger of the head and tail differences, in % of the whole model's time."""
+        worst = max(abs(self.segment_head_s - self.head_s), abs(self.segment_tail_s - self.tail_s))
+        return 100.0 * worst / (self.head_s + self.tail_s)
+
+
+def split_agreement(plan: Any, cuts: Sequence[Any], cut: Any, example: torch.Tensor, device: torch.device | str = "cpu",
+                    threads: int | None = 1, rounds: int = 5,
+                    clock: Callable[[], float] = time.perf_counter) -> SplitAgreement:
+    """Time ``plan.split(cut)``'s head and tail and a segment pass over ``cuts`` (which include
+    ``cut``) in alternation, so a slow spell on a shared machine hits both ways of measuring."""
+    device = torch.device(device)
+    k = [c.name for c in cuts].index(cut.name)
+    modules = segment_modules(plan, cuts, device)
+    head, tail = (m if device.type == "cpu" else copy.deepcopy(m).to(device) for m in plan.split(cut))
+    x = example[:1].to(device)
+    times: dict[str, list[float]] = {"head": [], "tail": [], "segment_head": [], "segment_tail": []}
+
+    def timed(fn: Callable[[], Any]) -> float:
+        synchronize(device)
+        start = clock()
+        fn()
+        synchronize(device)
+        return clock() - start
+
+    with torch.inference_mode(), torch_threads(threads):
+        values = head(x)
+        tail(values)
+        _timed_pass(modules, x, device, clock)  # warm-up
+        for _ in range(rounds):
+            times["head"].append(timed(lambda: head(x)))
+            times["tail"].append(timed(lambda: tail(values)))
+            stretches = _timed_pass(modules, x, device, clock)
+            times["segment_head"].append(sum(stretches[:k]))
+            times["segment_tail"].append(sum(stretches[k:]))
+    fastest = {f"{name}_s": min(t) for name, t in times.items()}
+    return SplitAgreement(cut=cut.name, **fastest)

@@ -14,7 +14,7 @@ from splitcomp.errors import ConfigError
 from splitcomp.link.codecs import Codec, RawCodec
 from splitcomp.split.bottlenecks import BottleneckRule, PaperRule
 from splitcomp.split.cuts import CutRecord, GraphOrder, enumerate_cuts, order_graph
-from splitcomp.split.extract import build_head, build_tail
+from splitcomp.split.extract import build_head, build_segment, build_tail
 from splitcomp.split.graph import trace
 from splitcomp.split.measure import measure
 
@@ -86,11 +86,6 @@ class SplitPlan:
             f"no cut {name_or_index!r} in this model; use an index below {len(self.cuts)} or one of the names "
             f"{_short_list([c.name for c in self.candidates])} (natural bottlenecks; all names: plan.cuts)")
 
-    def cut_node(self, cut: Cut | str | int) -> fx.Node | None:
-        """The node of ``graph_module`` the cut follows (None for an input cut of a model without inputs)."""
-        position = self._records[self.cut(cut).index].position
-        return self._order.nodes[position] if position >= 0 else None
-
     def split(self, cut: Cut | str | int) -> tuple[fx.GraphModule, fx.GraphModule]:
         """(head, tail): ``head(x)`` returns the tuple of crossing values, ``tail(values)`` the output."""
         index = self.cut(cut).index
@@ -99,6 +94,17 @@ class SplitPlan:
             self._splits[index] = (build_head(self.graph_module, self._order, record.position, record.crossing),
                                    build_tail(self.graph_module, self._order, record.position, record.crossing))
         return self._splits[index]
+
+    def segment(self, start: Cut | str | int, end: Cut | str | int) -> fx.GraphModule:
+        """The part of the model between two cuts: ``segment(values)`` takes the tuple crossing
+        ``start`` (as a head returns it) and returns the tuple crossing ``end``. Chained over
+        consecutive cuts, segments compute the whole model, one stretch at a time."""
+        first, last = self._records[self.cut(start).index], self._records[self.cut(end).index]
+        if first.position >= last.position:
+            raise CutNotFoundError(f"segment from {self.cut(start).name!r} to {self.cut(end).name!r}: "
+                                   "the first cut must come before the second")
+        return build_segment(self.graph_module, self._order, first.position, first.crossing, last.position,
+                             last.crossing)
 
     def __repr__(self) -> str:
         return (f"SplitPlan({type(self.graph_module).__name__}: {len(self.cuts)} cuts, "

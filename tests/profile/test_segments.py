@@ -9,7 +9,15 @@ from torch import nn
 from splitcomp.errors import ConfigError
 from splitcomp.link.codecs import Float16Codec, RawCodec
 from splitcomp.profile.latency import LatencyModel
-from splitcomp.profile.segments import SegmentProfile, crossing_values, cut_profiles, time_segments
+from splitcomp.profile.segments import (
+    SegmentProfile,
+    SplitAgreement,
+    crossing_values,
+    cut_profiles,
+    scale_heads,
+    split_agreement,
+    time_segments,
+)
 from splitcomp.split import BlockOutputsRule, analyze
 
 
@@ -126,3 +134,27 @@ def test_real_passes_give_positive_stretches_that_add_up():
         assert all(len(run) == len(plan.candidates) - 1 and min(run) > 0 for run in segments.samples[batch])
         for k in range(len(plan.candidates)):
             assert segments.head(k, batch)[0] <= segments.total(batch)[0] + 1e-12
+
+
+def test_split_agreement_compares_segments_with_the_real_head_and_tail():
+    clock = FakeClock()
+    plan, example = plan_of(chain(clock, [[1.0], [2.0], [4.0]]))
+    agreement = split_agreement(plan, plan.candidates, plan.candidates[2], example, rounds=3, clock=clock)
+    assert (agreement.head_s, agreement.tail_s) == (3.0, 4.0)
+    assert (agreement.segment_head_s, agreement.segment_tail_s) == (3.0, 4.0)
+    assert agreement.error_pct == 0.0
+    off = SplitAgreement("x", head_s=3.0, tail_s=1.0, segment_head_s=3.5, segment_tail_s=0.9)
+    assert off.error_pct == pytest.approx(12.5)  # 0.5 s of a 4 s model
+
+
+def test_scale_heads_models_a_slower_device_on_the_same_profile():
+    clock = FakeClock()
+    plan, example = plan_of(chain(clock, [[1.0], [2.0], [4.0]]))
+    segments = time_segments(plan, example, plan.candidates, [1], repeats=1, max_repeats=1, clock=clock, progress=False)
+    same = cut_profiles(segments, plan.candidates, crossing_values(plan, example, plan.candidates), RawCodec())
+    slower = scale_heads(same, 5.0)
+    assert [c.head_s[1] for c in slower.cuts] == [5 * c.head_s[1] for c in same.cuts] == [0.0, 5.0, 15.0, 35.0, 35.0]
+    assert [c.tail_s for c in slower.cuts] == [c.tail_s for c in same.cuts]
+    assert slower.key["slowdown"] == 5.0 and scale_heads(slower, 2.0).key["slowdown"] == 10.0
+    with pytest.raises(ConfigError, match="slowdown"):
+        scale_heads(same, 0.5)
