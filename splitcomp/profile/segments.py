@@ -34,7 +34,7 @@ from splitcomp.files import atomic_write_text
 from splitcomp.link.codecs import Codec
 from splitcomp.profile.latency import CutProfile, Profiles
 from splitcomp.profile.profiler import _decode_all, _encode_all, _output_bytes, _payload_bytes
-from splitcomp.profile.timing import check_slowdown, median_and_spread, synchronize, torch_threads
+from splitcomp.profile.timing import check_slowdown, measure, median_and_spread, synchronize, torch_threads
 
 SEGMENTS_FORMAT = "splitcomp-segments/1"
 
@@ -191,16 +191,6 @@ def crossing_values(plan: Any, example: torch.Tensor, cuts: Sequence[Any]) -> li
     return crossings
 
 
-def _median_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def scale_heads(profiles: Profiles, slowdown: float) -> Profiles:
     """The same profiles with every head time (and its spread) ``slowdown`` times longer: one
     measured profile stands for devices of any speed relative to the hardware it was timed on."""
@@ -234,9 +224,9 @@ def cut_profiles(segments: SegmentProfile, cuts: Sequence[Any], crossings: Seque
                                        is_device_only=True, **flops))
             continue
         encoded = _encode_all(values, codec)
-        encode_s = _median_time(lambda values=values: _encode_all(values, codec), codec_repeats, torch.device("cpu"))
-        decode_s = _median_time(lambda encoded=encoded: _decode_all(encoded, server_device), codec_repeats,
-                                server_device)
+        encode_s = statistics.median(measure(lambda values=values: _encode_all(values, codec), 1, codec_repeats))
+        decode_s = statistics.median(measure(lambda encoded=encoded: _decode_all(encoded, server_device), 1,
+                                             codec_repeats, server_device))
         profiled.append(CutProfile(cut.index, cut.name, _payload_bytes(encoded), _output_bytes(crossings[last]), head_s,
                                    {b: m for b, (m, _) in tail.items()}, encode_s, decode_s, head_spread,
                                    {b: s for b, (_, s) in tail.items()}, is_full_offload=k == 0, **flops))
