@@ -181,6 +181,27 @@ def share_bars(labels: Sequence[str], values: Sequence[float], colors: Sequence[
     return fig
 
 
+def grouped_share_bars(groups: Sequence[str], series: Sequence[tuple[str, Sequence[float], Sequence[float],
+                                                                    Sequence[float]]], ylabel: str, title: str) -> Any:
+    """Bars per group, one per series ``(name, values, low, high)``; whiskers from low to high."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) + 1.5), 4.0))
+    width = 0.8 / len(series)
+    x = np.arange(len(groups))
+    top = 10.0
+    for k, (name, values, low, high) in enumerate(series):
+        errors = [np.subtract(values, low), np.subtract(high, values)]
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, yerr=errors, capsize=3, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize="x-small", padding=2)
+        top = max(top, *high)
+    ax.set_xticks(x, groups, fontsize="small")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, top * 1.25)
+    ax.legend(fontsize="small", frameon=False)
+    ax.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Any, path: Path, dpi: int = 90) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

@@ -271,7 +271,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate-scales", type=float, nargs="+", default=[10.0, 100.0],
                         help="--paper: also divide every rate by each of these (same profiles)")
     parser.add_argument("--profiles-from", type=Path, default=None,
-                        help="--paper: reuse the segments_*.json of an earlier --out instead of measuring")
+                        help="--paper: reuse the segments_*.json of an earlier --out instead of measuring "
+                             "(codec times are measured again)")
     return parser.parse_args(argv)
 
 

@@ -55,10 +55,10 @@ from grid_plots import (
     end_options,
     gain_maps,
     gain_options,
+    grouped_share_bars,
     latency_grid,
     latency_panels,
     save,
-    share_bars,
 )
 from torch import nn
 
@@ -286,6 +286,7 @@ class ModelResult:
     check: dict[str, Any]
     profile_s: float
     input_elements: int
+    rescaled: dict[str, Evaluation] = field(default_factory=dict)  # codec -> rates / the largest rate scale
     paths: list[Path] = field(default_factory=list)
 
     @property
@@ -324,6 +325,9 @@ def run_model(name: str, setup: PaperSetup, out: Path) -> ModelResult:
                          {c: evaluate(profiles, labels, setup.slowdown) for c, profiles in base.items()},
                          sensitivity(base, labels, setup), check_segments(plan, example, setup),
                          profile_s, plan.cuts[0].elements)
+    if setup.rate_scales:
+        result.rescaled = {c: evaluate(profiles, labels, setup.slowdown, max(setup.rate_scales))
+                           for c, profiles in base.items()}
     result.paths = model_figures(result, setup, out)
     share = result.primary.share()
     print(f"{name:>16}: {len(result.bottlenecks)} natural bottlenecks; a split is useful in {share['median']:.1f}% "
@@ -349,6 +353,14 @@ def model_figures(result: ModelResult, setup: PaperSetup, out: Path) -> list[Pat
                           out / f"best_option_{tag}.png"))
         paths.append(save(gain_maps(ev.grid, AXES, result.labels, f"gain of the best option: {title}",
                                     options=gain_options(ev.profiles, ev.grid)), out / f"gain_{tag}.png"))
+    for codec_name, ev in result.rescaled.items():
+        scale = max(setup.rate_scales)
+        share = ev.share()
+        title = (f"best option: {result.name} at {setup.image_size} px, {codec_name} codec; {setup.where}, device "
+                 f"{setup.slowdown:g}x slower; rates / {scale:g}\na split is useful in {share['median']:.1f}% "
+                 f"(range {share['min']:.1f}-{share['max']:.1f}%)")
+        paths.append(save(best_option_map(ev.grid.argmin(axis=0), paper_axes(scale), result.labels, title),
+                          out / f"best_option_{result.name}_{codec_name}_rates_div{scale:g}.png"))
     for rep, seg in enumerate(result.segments):
         paths.append(seg.save(out / f"segments_{result.name}_{rep}.json"))
     return paths
@@ -395,18 +407,18 @@ def write_tables(results: list[ModelResult], summary: pd.DataFrame, out: Path) -
 
 
 def useful_figure(results: list[ModelResult], setup: PaperSetup, out: Path) -> Path:
-    labels, values, low, high, colors = [], [], [], [], []
-    for r in results:
-        for codec_name, ev in r.codecs.items():
-            share = ev.share()
-            labels.append(f"{r.name}\n{codec_name}")
-            values.append(share["median"])
-            low.append(share["min"])
-            high.append(share["max"])
-            colors.append("tab:blue" if codec_name == "raw" else "tab:orange")
-    title = (f"a split is the fastest option (rates 1-127 MB/s x batch 1-62); {setup.where}, device "
-             f"{setup.slowdown:g}x slower;\nbars: median of {setup.repetitions} profiles, whiskers: their range")
-    return save(share_bars(labels, values, colors, "scenarios where a split is useful (%)", title, low, high),
+    """The useful-split share per model and codec at the paper's rates (and divided by the largest
+    rate scale, when there is one): median bars, whiskers over the profiles."""
+    groups = [f"{r.name}\n{c}" for r in results for c in r.codecs]
+    variants = [("rates 1-127 MB/s", [ev for r in results for ev in r.codecs.values()])]
+    if setup.rate_scales:
+        scale = max(setup.rate_scales)
+        variants.append((f"rates / {scale:g}", [ev for r in results for ev in r.rescaled.values()]))
+    series = [(name, [e.share()["median"] for e in evs], [e.share()["min"] for e in evs],
+               [e.share()["max"] for e in evs]) for name, evs in variants]
+    title = (f"a split is the fastest option (batch 1-62); {setup.where}, device {setup.slowdown:g}x slower; "
+             f"median and range of {setup.repetitions} profiles")
+    return save(grouped_share_bars(groups, series, "scenarios where a split is useful (%)", title),
                 out / "useful_splits.png")
 
 
