@@ -23,7 +23,7 @@ all of it logged to MLflow (experiment ``paper_grid``, run ``server_batch``).
 Device: ``--slowdown 10`` makes the device head take 10x what one core of this machine needs. RTT 0
 and the default frame overhead: the data rate is the only network term, as in the paper.
 
-    python experiments/paper_grid.py --paper --quick    # the paper's setup, reduced (about 6 min)
+    python experiments/paper_grid.py --paper --quick    # the paper's setup, reduced (about 3 min)
     python experiments/paper_grid.py --quick            # server-batch mode, EfficientNet-Lite0 (~2.5 min)
     python experiments/paper_grid.py --out outputs/paper_grid   # server-batch: Lite0, EfficientNet-B0, ViT-B/16
 """
