@@ -193,7 +193,7 @@ class EdgeServer:
 
     def _serve_connection(self, conn: socket.socket, addr: Any) -> None:
         deadline = time.monotonic() + self.settings.handshake_timeout_s
-        connection = None
+        connection, refused = None, False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.settings.tls is not None:
@@ -212,14 +212,18 @@ class EdgeServer:
         except (ConnectionClosed, IdleTimeout) as exc:
             log.debug("client %s: %s", addr, exc)
         except PeerError as exc:
-            self._reject(connection, conn, str(exc), getattr(exc, "code", "refused"))
+            refused = self._reject(connection, conn, str(exc), getattr(exc, "code", "refused"))
         except OSError as exc:  # reset, TLS failure, a send that timed out
             log.debug("client %s dropped: %s", addr, exc)
         except Exception as exc:  # noqa: BLE001 (a frame must never end the server or leave a traceback)
-            self._reject(connection, conn, f"the server failed on this frame ({type(exc).__name__})", "internal")
+            refused = self._reject(connection, conn, f"the server failed on this frame ({type(exc).__name__})",
+                                   "internal")
             self._warn("internal", "client %s: %s: %s", addr, type(exc).__name__, exc)
         finally:
-            _close_gracefully(conn)
+            if refused:
+                _close_gracefully(conn)
+            else:
+                conn.close()
             self.slots.give_back(addr[0])
 
     def _handshake(self, connection: Connection, deadline: float) -> None:
@@ -286,8 +290,9 @@ class EdgeServer:
         if connection.auth is not None:
             connection.auth.sent()
 
-    def _reject(self, connection: Connection | None, sock: socket.socket, message: str, code: str) -> None:
-        """Count the frame, say why in an ERROR frame (authenticated once the session exists)."""
+    def _reject(self, connection: Connection | None, sock: socket.socket, message: str, code: str) -> bool:
+        """Count the frame, say why in an ERROR frame (authenticated once the session exists);
+        returns whether the ERROR frame went out."""
         with self._lock:
             self.rejected_frames += 1
         self._warn(code, "refusing a client: %s", message)
@@ -295,8 +300,9 @@ class EdgeServer:
         try:
             sock.settimeout(1.0)
             sock.sendall(encode_frame(Kind.ERROR, {"error": message[:_MAX_ERROR_CHARS], "code": code}, auth=auth))
+            return True
         except (OSError, ValueError):
-            pass
+            return False
 
     def _warn(self, key: str, message: str, *args: Any) -> None:
         """A warning at most every few seconds per kind; the rest at debug level."""
@@ -339,9 +345,9 @@ class EdgeServer:
 
 
 def _close_gracefully(sock: socket.socket, linger_s: float = 1.0, max_bytes: int = 1 << 20) -> None:
-    """Close after draining what the peer still sends (briefly, into a small scratch buffer):
-    closing with unread bytes makes the kernel reset the connection, and the peer would lose the
-    ERROR frame that says what went wrong."""
+    """Close after an ERROR frame, draining what the peer still sends (briefly, into a small
+    scratch buffer): closing with unread bytes makes the kernel reset the connection, and the
+    peer would lose the ERROR frame that says what went wrong."""
     try:
         sock.shutdown(socket.SHUT_WR)
         scratch, drained = bytearray(1 << 16), 0

@@ -217,9 +217,9 @@ def _decode_refused(encoded: EncodedTensor) -> None:
 def test_compression_bombs_stop_at_the_declared_size(maker, codec) -> None:
     from splitcomp.profile.memory import peak_rss_growth_mib
 
-    bomb = maker()
-    assert len(bomb) < BOMB_BYTES // 100
-    encoded = EncodedTensor(codec, "uint8", (1, 16), bomb, {})  # declares 16 bytes
+    bomb, shape = maker(), (1, 2 << 20)
+    CODECS[codec]().check_encoded("uint8", shape, {}, len(bomb))  # passes for a compressed 2 MiB tensor:
+    encoded = EncodedTensor(codec, "uint8", shape, bomb, {})      # the decoder itself must stop it
     assert peak_rss_growth_mib(lambda: _decode_refused(encoded)) < 64
 
 
@@ -228,11 +228,12 @@ def test_image_bombs_are_refused_before_their_pixels_are_decoded() -> None:
 
     huge_png = _png(12000, 12000)  # 144 Mpixel of zeros in ~150 KB
     huge_jpeg = _jpeg_header_only(30000, 30000)
-    declared = {"format": "PNG", "sizes": [len(huge_png)]}
-    assert peak_rss_growth_mib(lambda: _decode_refused(
-        EncodedTensor("png", "uint8", (1, 1, 8, 8), huge_png, declared))) < 64
-    assert peak_rss_growth_mib(lambda: _decode_refused(
-        EncodedTensor("jpeg", "uint8", (1, 1, 8, 8), huge_jpeg, {"format": "JPEG", "sizes": [len(huge_jpeg)]}))) < 64
+    shape = (1, 1, 1024, 1024)  # declared: a 1 Mpixel image, for which both files pass as a size
+    for codec, data in (("png", huge_png), ("jpeg", huge_jpeg)):
+        params = {"format": codec.upper(), "sizes": [len(data)]}
+        CODECS[codec]().check_encoded("uint8", shape, params, len(data))
+        encoded = EncodedTensor(codec, "uint8", shape, data, params)
+        assert peak_rss_growth_mib(lambda encoded=encoded: _decode_refused(encoded)) < 64
 
 
 def test_images_are_opened_only_in_the_agreed_format_mode_and_chunks() -> None:
