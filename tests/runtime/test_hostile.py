@@ -360,6 +360,22 @@ def test_every_malformed_frame_gets_an_error_frame_and_a_count(tiny, live_server
     assert not any(record.exc_info for record in caplog.records)
 
 
+def test_an_internal_failure_is_an_error_frame_not_a_traceback(tiny, live_server, connect, capfd, caplog):
+    _, example, plan, fingerprint = tiny
+    server, port = live_server()
+
+    def broken(connection, frame):
+        raise RuntimeError("a bug in the server")
+
+    server._answer = broken
+    client = connect(port, fingerprint)
+    with pytest.raises(ServerRefused, match="failed on this frame"):
+        client.exchange(client.request_frame(0, 0, (example,), RawCodec()))
+    assert server.rejected_frames == 1
+    assert "Traceback" not in capfd.readouterr().err
+    assert not any(record.exc_info for record in caplog.records)
+
+
 # --- refusals -----------------------------------------------------------------------------------
 def test_a_refusal_to_an_unauthenticated_peer_does_not_disclose_the_fingerprint(tiny, live_server, connect):
     _, _, _, fingerprint = tiny
