@@ -153,10 +153,17 @@ class EdgeClient:
             return sock
         try:
             return self.tls.wrap(sock, self.host)
-        except (ssl.SSLError, OSError) as exc:
+        except ssl.SSLEOFError as exc:  # closed mid-handshake (a full server, for one): retry later
+            sock.close()
+            raise ConnectionLost(f"the edge server at {self.host}:{self.port} closed the connection during "
+                                 f"TLS ({exc})") from None
+        except ssl.SSLError as exc:  # the certificate, its name or pin, or the protocol: check the config
             sock.close()
             raise HandshakeError(f"TLS with the edge server at {self.host}:{self.port} failed ({exc}); "
                                  "check server.tls on both sides") from None
+        except OSError as exc:
+            sock.close()
+            raise ConnectionLost(f"lost the edge server at {self.host}:{self.port} during TLS ({exc})") from None
 
     def close(self) -> None:
         if self.sock is not None:

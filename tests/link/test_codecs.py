@@ -223,6 +223,7 @@ def test_compression_bombs_stop_at_the_declared_size(maker, codec) -> None:
     assert peak_rss_growth_mib(lambda: _decode_refused(encoded)) < 64
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_image_bombs_are_refused_before_their_pixels_are_decoded() -> None:
     from splitcomp.profile.memory import peak_rss_growth_mib
 

@@ -151,3 +151,17 @@ def test_a_launched_job_carries_no_secret_only_where_to_find_it(tmp_path, monkey
     shipped = pickle.dumps(cfg)
     assert SECRET.encode() not in shipped and derive_key(SECRET) not in shipped
     assert auth_secret(pickle.loads(shipped).server) == derive_key(SECRET)
+
+
+def test_a_full_tls_server_is_worth_retrying(tiny, live_server, connect, certificates):
+    """Turned away for want of a slot, mid-TLS: not a handshake refusal that would end a run."""
+    from splitcomp.runtime.client import ConnectionLost
+
+    _, _, _, fingerprint = tiny
+    cert = certificates["loopback"]
+    _, port = live_server(settings=ServerSettings(io_timeout_s=2.0, tls=server_tls({"tls": cert}), max_clients=1))
+    tls = client_tls({"tls": {"ca": cert["cert"]}})
+    first = connect(port, fingerprint, tls=tls)
+    with pytest.raises(ConnectionLost):
+        connect(port, fingerprint, tls=tls)
+    first.close()
