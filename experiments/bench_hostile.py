@@ -1,18 +1,19 @@
 """Hostile peers against a real edge-server process on loopback, while a legitimate device runs.
 
 The server (``splitcomp-serve`` in its own process: MobileNetV3-Small at 64 px, codec zstd, a
-shared secret from the environment) first serves the legitimate device (full offloading, one
-request every 20 ms, from 127.0.0.1) alone (calm), then while a second process attacks it from
-eight other loopback addresses:
+shared secret from the environment) serves a legitimate device (full offloading, one request
+every 20 ms, from 127.0.0.1) alone (calm: half the requests before the attack, half after), and
+while a second process attacks it from eight other loopback addresses:
 
 * 40 connections that trickle a HELLO one byte every half second, 40 that connect and say
   nothing, 20 insiders (holding the secret) that finish the handshake and idle, 10 insiders
   that trickle a request's payload: 110 connections held at once, reopened when closed;
-* oversize declarations (a 1 TiB payload, a HELLO with a payload, a 2^31-element float64 item),
-  malformed headers (a 5000-digit integer, NaN, deep nesting, a list for a codec name),
-  decompression bombs in every codec (zstd declaring and hiding its 256 MiB, lz4, an 8000x8000
-  PNG and a 20000x20000 JPEG, all dressed as a batch of 64 images), and a recorded session
-  (HELLO and REQUEST, captured from an insider) replayed without the secret.
+* at fixed rates (``RATES_HZ``, each on a new connection): decompression bombs in every codec
+  (zstd declaring and hiding its 256 MiB, lz4, an 8000x8000 PNG and a 20000x20000 JPEG, all
+  dressed as a batch of 64 images) 10/s; oversize declarations (a 1 TiB payload, a HELLO with a
+  payload, 16 GiB items) 4/s; malformed headers (a 5000-digit integer, NaN, deep nesting, a list
+  for a codec name) 4/s; a recorded session (HELLO and REQUEST, captured from an insider)
+  replayed without the secret 2/s.
 
 Figures: the server's resident memory (``VmRSS``, ``VmHWM`` after resetting it at the start of the
 attack, and sampled every 20 ms) above its idle level after the calm phase; the legitimate
@@ -48,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset=samples", "dataset.image_size=64",
              "codec=zstd", "link=loopback", "server.threads=1", "server.host=127.0.0.1", "server.port=0"]
 ATTACK_ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
+# one-shot hostile connections a second, by kind (the held ones are reopened as soon as closed)
+RATES_HZ = {"bombs": 10.0, "oversize": 4.0, "malformed": 4.0, "replay": 2.0}
 SECRET_ENV = "SPLITCOMP_AUTH_SECRET"
 TARGETS = [("peak_rss_over_idle_mib", "<=", 256.0), ("legit_p95_attack_over_calm", "<=", 2.0),
            ("legit_requests_lost", "<=", 0), ("wrong_answers", "<=", 0), ("server_alive_at_end", ">=", 1),
@@ -104,10 +107,22 @@ class LegitDevice:
                 print(f"request {i} lost: {type(exc).__name__}: {exc}", file=sys.stderr)
                 lost += 1
             time.sleep(gap_s)
-        ms = 1000 * np.array(latencies or [float("nan")])
-        return {"requests": n_requests, "answered": answered, "fallbacks": fallbacks, "lost": lost,
-                "wrong_answers": wrong, "latency_ms_p50": float(np.percentile(ms, 50)),
-                "latency_ms_p95": float(np.percentile(ms, 95)), "latency_ms_max": float(ms.max())}
+        return phase({"requests": n_requests, "answered": answered, "fallbacks": fallbacks, "lost": lost,
+                      "wrong_answers": wrong, "latencies_ms": [1000 * t for t in latencies]})
+
+
+def phase(counts: dict[str, Any]) -> dict[str, Any]:
+    """A phase's counts with its latency percentiles."""
+    ms = np.array(counts["latencies_ms"] or [float("nan")])
+    return {**counts, "latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p95": float(np.percentile(ms, 95)),
+            "latency_ms_max": float(ms.max())}
+
+
+def pooled(*phases: dict[str, Any]) -> dict[str, Any]:
+    """Several phases as one (the calm before and after the attack: drift in the machine's
+    other load weighs on both sides of the ratio alike)."""
+    keys = ("requests", "answered", "fallbacks", "lost", "wrong_answers", "latencies_ms")
+    return phase({key: sum((p[key] for p in phases), [] if key == "latencies_ms" else 0) for key in keys})
 
 
 # --- the server's memory ------------------------------------------------------------------------
@@ -142,6 +157,25 @@ class MemoryWatch:
         with contextlib.suppress(OSError):
             peak = max(peak, self.memory.peak_rss_mib(self.pid))
         return peak
+
+
+class CpuWatch:
+    """Each process's CPU time over a phase, as a share of the phase's wall time (2.0 = two cores)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        from splitcomp.profile.memory import cpu_seconds
+
+        self.cpu_seconds, self.pids = cpu_seconds, pids
+        self.shares: dict[str, float] = {}
+
+    def __enter__(self) -> CpuWatch:
+        self.started = time.monotonic()
+        self.before = {name: self.cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = time.monotonic() - self.started
+        self.shares = {name: (self.cpu_seconds(pid) - self.before[name]) / wall for name, pid in self.pids.items()}
 
 
 # --- the attacker (a process of its own: its work must not share the device's interpreter) ------
@@ -298,42 +332,41 @@ class Attack:
         finally:
             peer.close()
 
-    def oversize(self) -> None:
+    def oversize(self) -> list[Any]:
+        """Sizes no frame may have: a 1 TiB payload, a HELLO with a payload, items of 16 GiB."""
         from splitcomp.link.wire import Kind
 
         def item(dtype: str, shape: list[int], nbytes: int) -> bytes:
             return json.dumps({"meta": {"request": 1, "cut": 0, "t": 0},
                                "items": [{"codec": "raw", "dtype": dtype, "shape": shape, "nbytes": nbytes}]}).encode()
 
-        self.declare(False, Kind.REQUEST, item("uint8", [1], 1), 2**40, "oversize_sent")        # 1 TiB
-        self.declare(False, Kind.HELLO, b'{"meta":{},"items":[]}', 200 << 20, "oversize_sent")  # HELLO + payload
-        self.declare(True, Kind.REQUEST, item("float64", [2**31 - 1], 8 * (2**31 - 1)), 200 << 20, "oversize_sent")
-        self.declare(True, Kind.REQUEST, item("uint8", [200 << 20], 200 << 20), 200 << 20, "oversize_sent")
-        self.stop.wait(0.1)
+        declarations = [(False, Kind.REQUEST, item("uint8", [1], 1), 2**40),
+                        (False, Kind.HELLO, b'{"meta":{},"items":[]}', 200 << 20),
+                        (True, Kind.REQUEST, item("float64", [2**31 - 1], 8 * (2**31 - 1)), 200 << 20),
+                        (True, Kind.REQUEST, item("uint8", [200 << 20], 200 << 20), 200 << 20)]
+        return [lambda d=d: self.declare(*d, "oversize_sent") for d in declarations]
 
-    def malformed(self) -> None:
+    def malformed(self) -> list[Any]:
+        """Headers that break JSON parsers and naive validators."""
         from splitcomp.link.wire import Kind
 
-        for header in [b'{"meta":{"request":1,"cut":' + b"7" * 5000 + b',"t":0},"items":[]}',
-                       b'{"meta":{"request":1,"cut":0,"t":NaN},"items":[]}',
-                       b'{"meta":' + b"[" * 20000 + b"]" * 20000 + b',"items":[]}',
-                       b'{"meta":{"request":1,"cut":0,"t":0},"items":[{"codec":["raw"],"dtype":"uint8",'
-                       b'"shape":[1],"nbytes":0}]}']:
-            self.declare(True, Kind.REQUEST, header, 0, "malformed_sent")
-        self.stop.wait(0.1)
+        headers = [b'{"meta":{"request":1,"cut":' + b"7" * 5000 + b',"t":0},"items":[]}',
+                   b'{"meta":{"request":1,"cut":0,"t":NaN},"items":[]}',
+                   b'{"meta":' + b"[" * 20000 + b"]" * 20000 + b',"items":[]}',
+                   b'{"meta":{"request":1,"cut":0,"t":0},"items":[{"codec":["raw"],"dtype":"uint8",'
+                   b'"shape":[1],"nbytes":0}]}']
+        return [lambda h=h: self.declare(True, Kind.REQUEST, h, 0, "malformed_sent") for h in headers]
 
-    def bombs(self, bombs: list[Any]) -> None:
+    def bomb(self, bomb: Any) -> None:
         from splitcomp.link.wire import Kind
 
-        for bomb in bombs:
-            peer = self.peer(insider=True)
-            try:
-                peer.send(peer.frame(Kind.REQUEST, {"request": 1, "cut": 0, "t": 0.0}, [bomb]))
-                peer.drain(2.0)
-                self.count("bombs_sent")
-            finally:
-                peer.close()
-        self.stop.wait(0.1)
+        peer = self.peer(insider=True)
+        try:
+            peer.send(peer.frame(Kind.REQUEST, {"request": 1, "cut": 0, "t": 0.0}, [bomb]))
+            peer.drain(2.0)
+            self.count("bombs_sent")
+        finally:
+            peer.close()
 
     def replay(self, recording: list[bytes]) -> None:
         from splitcomp.link.wire import PREFIX, Kind
@@ -351,7 +384,20 @@ class Attack:
                 offset += PREFIX.size + header_len + payload_len + (64 if flags else 0)
         finally:
             peer.close()
-        self.stop.wait(0.2)
+
+    def paced(self, name: str, jobs: list[Any], rate_hz: float) -> None:
+        """Start ``jobs`` in turn, ``rate_hz`` a second, each on its own thread (a slow answer
+        does not slow the pace)."""
+        period, due, turn = 1.0 / rate_hz, time.monotonic(), 0
+        while not self.stop.wait(max(0.0, due - time.monotonic())):
+            threading.Thread(target=self.once, args=(name, jobs[turn % len(jobs)]), daemon=True).start()
+            turn, due = turn + 1, due + period
+
+    def once(self, name: str, job: Any) -> None:
+        try:
+            job()
+        except Exception:  # noqa: BLE001 (the server hung up or refused: as expected)
+            self.count(f"{name}_ended")
 
     def record_session(self) -> list[bytes]:
         """HELLO and REQUEST of a real insider session, as someone on the path would capture them."""
@@ -370,17 +416,23 @@ class Attack:
     def run(self) -> None:
         bombs = make_bombs(self.image_shape)
         recording = self.record_session()
-        mix = [("trickle_hello", self.trickle_hello, 40), ("silent", self.silent, 40),
-               ("idle_insider", self.idle_insider, 20), ("trickle_payload", self.trickle_payload, 10),
-               ("oversize", self.oversize, 1), ("malformed", self.malformed, 1),
-               ("bombs", lambda: self.bombs(bombs), 2), ("replay", lambda: self.replay(recording), 1)]
+        held = [("trickle_hello", self.trickle_hello, 40), ("silent", self.silent, 40),
+                ("idle_insider", self.idle_insider, 20), ("trickle_payload", self.trickle_payload, 10)]
+        paced = [("bombs", [lambda b=b: self.bomb(b) for b in bombs], RATES_HZ["bombs"]),
+                 ("oversize", self.oversize(), RATES_HZ["oversize"]),
+                 ("malformed", self.malformed(), RATES_HZ["malformed"]),
+                 ("replay", [lambda: self.replay(recording)], RATES_HZ["replay"])]
         threads = [threading.Thread(target=self.forever, args=(name, work), daemon=True)
-                   for name, work, copies in mix for _ in range(copies)]
+                   for name, work, copies in held for _ in range(copies)]
+        threads += [threading.Thread(target=self.paced, args=job, daemon=True) for job in paced]
+        started = time.monotonic()
         for thread in threads:
             thread.start()
             time.sleep(0.005)
+        print("ready", flush=True)
         sys.stdin.read()  # until the benchmark closes our stdin
         self.stop.set()
+        self.counts["attack_s"] = round(time.monotonic() - started, 1)
         deadline = time.monotonic() + 10
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -465,7 +517,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with ServerProcess(config_file, work_dir / "server").start() as server:
         device = LegitDevice(cfg, server.port)
         device.run(20, 0.0)  # warm-up: the cut's head and tail built, allocations made
-        calm = device.run(n_requests, args.gap_s)
+        with CpuWatch({"device": os.getpid(), "server": server.proc.pid}) as calm_cpu:
+            calm_before = device.run(n_requests // 2, args.gap_s)
         time.sleep(1.0)
         idle_rss = rss_mib(server.proc.pid)
         setup = {"port": server.port, "fingerprint": device.work.fingerprint,
@@ -473,9 +526,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         attacker = subprocess.Popen([sys.executable, __file__, "--attacker", json.dumps(setup)], cwd=ROOT,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         with MemoryWatch(server.proc.pid) as memory:
-            time.sleep(args.ramp_s)  # connections opened, bombs made and thrown
-            attacked = device.run(n_requests, args.gap_s)
+            if attacker.stdout.readline().strip() != "ready":
+                raise RuntimeError("the attacker process failed to start")
+            time.sleep(args.ramp_s)  # held connections opened, the first bombs thrown
+            pids = {"device": os.getpid(), "server": server.proc.pid, "attacker": attacker.pid}
+            with CpuWatch(pids) as attack_cpu:
+                attacked = device.run(n_requests, args.gap_s)
             attack_counts = json.loads(attacker.communicate(input="", timeout=60)[0] or "{}")
+        time.sleep(1.0)
+        calm = pooled(calm_before, device.run(n_requests - n_requests // 2, args.gap_s))
         alive = server.alive
         final_check = LegitDevice(cfg, server.port).run(5, 0.0) if alive else {}
         serving = final_check.get("answered") == 5 and final_check.get("wrong_answers") == 0
@@ -490,9 +549,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "replays_answered": attack_counts.get("replays_answered", 0),
     }
     return {"config": {"quick": args.quick, "requests_per_phase": n_requests, "gap_s": args.gap_s,
-                       "ramp_s": args.ramp_s, "overrides": OVERRIDES, "cut": device.cut.name,
+                       "ramp_s": args.ramp_s, "overrides": OVERRIDES, "cut": device.cut.name, "rates_hz": RATES_HZ,
                        "load_average": os.getloadavg()},
             "calm": calm, "attack": attacked, "attack_counts": attack_counts, "figures": figures,
+            "cpu_share": {"calm": calm_cpu.shares, "attack": attack_cpu.shares},
             "targets": [{"name": name, "value": figures[name], "op": op, "target": target}
                         for name, op, target in TARGETS]}
 
@@ -508,6 +568,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"\nserver RSS: idle {figures['idle_rss_mib']:.0f} MiB, peak {figures['peak_rss_mib']:.0f} MiB, "
           f"end {figures['final_rss_mib']:.0f} MiB")
     print("attack:", ", ".join(f"{k} {v}" for k, v in sorted(report["attack_counts"].items())))
+    for phase, shares in report["cpu_share"].items():
+        print(f"CPU ({phase}):", ", ".join(f"{name} {share:.2f}" for name, share in shares.items()), "cores")
     print(f"load average {report['config']['load_average']}\n")
     for target in report["targets"]:
         value = target["value"]
@@ -524,7 +586,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write raw figures and targets here")
     parser.add_argument("--requests", type=int, default=0, help="requests per phase (overrides --quick)")
     parser.add_argument("--gap-s", type=float, default=0.02, help="pause between the device's requests")
-    parser.add_argument("--ramp-s", type=float, default=4.0, help="attack time before the device starts")
+    parser.add_argument("--ramp-s", type=float, default=3.0, help="attack time before the device starts")
     args = parser.parse_args()
     report = run(args)
     print_report(report)

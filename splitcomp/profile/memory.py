@@ -1,4 +1,5 @@
-"""A process's memory as the kernel counts it: resident set (VmRSS) and its peak (VmHWM).
+"""A process's memory as the kernel counts it: resident set (VmRSS) and its peak (VmHWM); and
+the CPU time it used.
 
 Linux only (``/proc``). The peak can be reset (``/proc/PID/clear_refs``) for a process this user
 owns, so the growth caused by one piece of work can be measured against what was resident before.
@@ -46,3 +47,9 @@ def peak_rss_growth_mib(work: Callable[[], Any]) -> float:
 
 def can_measure(pid: int | str = "self") -> bool:
     return os.path.exists(f"/proc/{pid}/status") and os.access(f"/proc/{pid}/clear_refs", os.W_OK)
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
