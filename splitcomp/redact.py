@@ -1,13 +1,16 @@
-"""Keeping secrets out of what a run writes: MLflow params and tags, saved configs, Hydra's files.
+"""Keeping secrets out of what a run writes: MLflow params and tags, saved configs, Hydra's files,
+log lines.
 
 Secrets do not belong in the config at all (``server.auth_secret_file`` names a file instead), but
 a user may still pass one: any key whose last part names a secret (``auth_secret``, ``password``,
 ``token``, ...; not ``*_file``, ``*_env`` or ``*_path``, which only say where a secret is) is
-replaced by ``<redacted>`` in everything the run saves, and config files are written mode 0600.
+replaced by ``<redacted>`` in everything the run saves or logs, and config files are written
+mode 0600.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -70,13 +73,43 @@ def write_private_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-class RedactSavedConfigs(Callback):
-    """Hydra callback (``conf/hydra/default.yaml``): rewrites the files Hydra saves for a job
-    (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``) and for a sweep
-    (``multirun.yaml``) with secrets redacted and mode 0600. Hydra writes a job's files just
-    before the job starts, and the sweep's file before its first job."""
+def redact_logs() -> None:
+    """From now on, every log record of this process has its ``key=value`` secrets redacted as it
+    is made (a launcher logs each job's overrides, for one). A record factory, unlike a handler's
+    filter, outlives Hydra's reconfiguring of the logging handlers."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "redacts", False):
+        return
+
+    def make_redacted_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 (a malformed record is the handler's to report)
+            return record
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return record
+
+    make_redacted_record.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make_redacted_record)
+
+
+class RedactSecrets(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): secrets redacted in the log from the start of
+    a run or sweep, and in the files Hydra saves for a job (``.hydra/config.yaml``,
+    ``hydra.yaml``, ``overrides.yaml``) and a sweep (``multirun.yaml``), which are rewritten mode
+    0600. Hydra writes a job's files just before the job starts, the sweep's before its first job."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        redact_logs()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        redact_logs()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        redact_logs()
         subdir = config.hydra.get("output_subdir")
         if subdir is not None:
             folder = Path(str(config.hydra.runtime.output_dir)) / str(subdir)

@@ -1,3 +1,4 @@
+import io
 import stat
 
 import mlflow
@@ -6,9 +7,10 @@ from omegaconf import OmegaConf
 
 from splitcomp.redact import (
     REDACTED,
-    RedactSavedConfigs,
+    RedactSecrets,
     is_secret_key,
     redact,
+    redact_logs,
     redact_text,
     save_private_config,
 )
@@ -67,8 +69,25 @@ def test_hydras_saved_files_are_rewritten_redacted_and_private(tmp_path):
     OmegaConf.save([f"server.auth_secret={SECRET}"], hydra_dir / "overrides.yaml")
     config = OmegaConf.create({"hydra": {"output_subdir": ".hydra", "runtime": {"output_dir": str(tmp_path)},
                                          "mode": None, "sweep": {"dir": str(tmp_path)}}})
-    RedactSavedConfigs().on_job_start(config)
+    RedactSecrets().on_job_start(config)
     for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
         path = hydra_dir / name
         assert SECRET not in path.read_text() and REDACTED in path.read_text(), name
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+
+
+def test_log_lines_are_redacted_even_after_logging_is_reconfigured():
+    import logging.config
+
+    factory = logging.getLogRecordFactory()
+    stream = io.StringIO()
+    try:
+        redact_logs()
+        redact_logs()  # once is enough
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,  # as Hydra's launcher does
+                                   "handlers": {"out": {"class": "logging.StreamHandler", "stream": stream}},
+                                   "loggers": {"launcher": {"handlers": ["out"], "level": "INFO"}}})
+        logging.getLogger("launcher").info("\t#0 : policy=static +db.password=%s", SECRET)
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert SECRET not in stream.getvalue() and f"+db.password={REDACTED}" in stream.getvalue()
