@@ -107,7 +107,8 @@ def serve_and_check(cfg: Any, work: Workload, images: torch.Tensor, reference: t
     server_plan = analyze(server_model, work.example_input, codec=work.codec, rule=instantiate(cfg.bottleneck),
                           leaf_modules=tuple(cfg.get("leaf_modules") or ()))
     server_model.to(device)
-    server = EdgeServer(TailBank(server_plan, work.example_input.to(device), device), work.fingerprint)
+    server = EdgeServer(TailBank(server_plan, work.example_input.to(device), device), work.fingerprint,
+                        codec=work.codec)
     listener = bind_listener("127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, args=(listener,), daemon=True)
     thread.start()
