@@ -36,7 +36,7 @@ from splitcomp.profile.latency import CutProfile, Profiles
 class CheckLimits:
     """How far measured times may stray before a profile is refused (see the module docstring)."""
 
-    max_spread: float = 0.5  # IQR / median above which a time is an outlier
+    max_spread: float = 1.0  # IQR / median above which a time is an outlier (noise, not a time)
     order_tolerance: float = 0.1  # relative slack on the ordering of heads and tails, beyond their IQRs
     sum_tolerance: float = 0.35  # head share + tail share may differ from 1 by this much, beyond their IQRs
     floor_s: float = 5e-4  # absolute slack for sub-millisecond times (this machine's time)
