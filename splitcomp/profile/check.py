@@ -14,10 +14,11 @@ Four checks catch that (candidates in plan order, from full offloading to device
   Skipped when the server computes on a GPU (its times do not split in a CPU's proportions);
 - ``spread``: no time has an interquartile range (IQR) wider than ``max_spread`` of its median.
 
-Every comparison allows the measured IQRs, a relative slack (times measured moments apart drift by
-a few per cent even on a quiet machine) and an absolute floor for sub-millisecond times, which are
-dominated by call overhead and timer jitter. The floor is in this machine's time, so for device
-heads it is multiplied by the device slowdown, as the heads are.
+Every comparison allows the measured spreads (the quartile deviation, half the IQR, of each median
+compared), a relative slack (times measured moments apart drift by a few per cent even on a quiet
+machine; split models pay a little call overhead per side) and an absolute floor for sub-millisecond
+times, which are dominated by call overhead and timer jitter. The floor is in this machine's time,
+so for device heads it is multiplied by the device slowdown, as the heads are.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class CheckLimits:
     """How far measured times may stray before a profile is refused (see the module docstring)."""
 
     max_spread: float = 1.0  # IQR / median above which a time is an outlier (noise, not a time)
-    order_tolerance: float = 0.1  # relative slack on the ordering of heads and tails, beyond their IQRs
-    sum_tolerance: float = 0.35  # head share + tail share may differ from 1 by this much, beyond their IQRs
+    order_tolerance: float = 0.1  # relative slack on the ordering of heads and tails, beyond their deviations
+    sum_tolerance: float = 0.25  # head share + tail share may differ from 1 by this much, beyond their deviations
     floor_s: float = 5e-4  # absolute slack for sub-millisecond times (this machine's time)
 
     @classmethod
@@ -75,7 +76,13 @@ class ProfileCheckError(ConfigError):
 @dataclass(frozen=True)
 class _Time:
     median: float
-    spread: float
+    spread: float  # IQR
+
+    @property
+    def deviation(self) -> float:
+        """The quartile deviation (half the IQR): how far the median itself may be off, roughly
+        (its standard error is 0.42 IQR for 5 samples and shrinks with more)."""
+        return self.spread / 2
 
     def __str__(self) -> str:
         return f"{1e3 * self.median:.1f} ms"
@@ -99,7 +106,12 @@ def _over(deviation: float, slack: float) -> float:
 
 
 def _order_slack(a: _Time, b: _Time, limits: CheckLimits, floor_s: float) -> float:
-    return a.spread + b.spread + max(floor_s, limits.order_tolerance * max(a.median, b.median))
+    return a.deviation + b.deviation + max(floor_s, limits.order_tolerance * max(a.median, b.median))
+
+
+def _share_slack(part: _Time, whole: _Time, floor_s: float) -> float:
+    """How far ``part / whole`` may be off, from the deviations of both (first-order propagation)."""
+    return (part.deviation + part.median / whole.median * whole.deviation + floor_s) / whole.median
 
 
 def head_order(profiles: Profiles, limits: CheckLimits, slowdown: float) -> list[Problem]:
@@ -146,9 +158,8 @@ def head_tail_sum(profiles: Profiles, limits: CheckLimits, slowdown: float) -> l
             continue
         head, tail = _head(cut), _tail(cut, 1)
         share = head.median / device_whole.median + tail.median / server_whole.median
-        slack = (limits.sum_tolerance
-                 + (head.spread + device_whole.spread + limits.floor_s * slowdown) / device_whole.median
-                 + (tail.spread + server_whole.spread + limits.floor_s) / server_whole.median)
+        slack = (limits.sum_tolerance + _share_slack(head, device_whole, limits.floor_s * slowdown)
+                 + _share_slack(tail, server_whole, limits.floor_s))
         if abs(share - 1.0) > slack:
             problems.append(Problem("head_tail_sum", (cut.name, full.name, local.name),
                                     f"at cut {cut.name} the head ({head}) and the tail ({tail} at batch 1) add up "

@@ -57,11 +57,11 @@ def test_the_issues_poisoned_profile_fails_every_way_it_is_wrong():
 def test_ordering_allows_the_measured_spread_and_the_relative_slack():
     profiles = sound_profiles()
     deep = profiles.by_name("conv2d_35")
-    deep.head_s[1] = 300.0 * MS  # 10 ms over device-only: inside 10 % + the IQRs
-    assert check_profiles(profiles, CheckLimits(), SLOWDOWN) == []
+    deep.head_s[1] = 300.0 * MS  # 10 ms over device-only: inside 10 % + the spreads
+    assert "head_order" not in {p.check for p in check_profiles(profiles, CheckLimits(), SLOWDOWN)}
     deep.head_s[1] = 360.0 * MS  # 70 ms over: outside
     assert ("head_order", ("conv2d_35", "output")) in by_check(check_profiles(profiles, CheckLimits(), SLOWDOWN))
-    deep.head_spread_s[1] = 60.0 * MS  # the same gap, but a wide IQR: ordering tolerates it, the IQR is flagged
+    deep.head_spread_s[1] = 80.0 * MS  # the same gap, but a wide IQR: ordering tolerates it, the IQR is flagged
     checks = by_check(check_profiles(profiles, CheckLimits(max_spread=0.1), SLOWDOWN))
     assert ("head_order", ("conv2d_35", "output")) not in checks and ("spread", ("conv2d_35",)) in checks
 
