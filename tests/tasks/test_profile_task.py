@@ -77,7 +77,7 @@ def test_profile_task_reports_a_bad_slowdown_in_one_line(tmp_path):
 
 def test_profile_task_refuses_profiles_that_fail_their_check_in_one_line(tmp_path):
     # limits no real measurement meets: any IQR above 0 is an outlier, and nothing is re-measured
-    done = run_profile(tmp_path, "profile.max_spread=0", "profile.floor_ms=0", "profile.remeasure=0")
+    done = run_profile(tmp_path, "profile.max_spread=0", "profile.jitter_ms=0", "profile.remeasure=0")
     assert done.returncode == 2, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the profiles measured") and "spread check" in last
