@@ -75,6 +75,12 @@ class MachineLoad:
         averages = [v for v in (self.load_before, self.load_after) if v is not None]
         return max(0.0, max(averages, default=0.0) - 1.0)
 
+    @property
+    def own_cpu_share(self) -> float:
+        """This process's CPU time over wall time: about 1 for a one-thread profile on a core of its
+        own, lower when it had to share that core."""
+        return self.own_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
     def describe(self) -> str:
         text = f"other processes kept {self.others_cores:.1f} of {self.cpus} CPUs busy"
         if self.load_before is not None and self.load_after is not None:
@@ -87,7 +93,7 @@ class MachineLoad:
     def as_params(self, prefix: str) -> dict[str, Any]:
         """Flat values for MLflow params."""
         return {f"{prefix}{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in
-                {**asdict(self), "others_cores": self.others_cores}.items()}
+                {**asdict(self), "others_cores": self.others_cores, "own_cpu_share": self.own_cpu_share}.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

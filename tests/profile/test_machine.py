@@ -10,6 +10,7 @@ def test_others_cores_is_the_machines_busy_time_less_this_process():
     load = MachineLoad.between(start, end)
     assert load.wall_s == 2.0 and load.own_cpu_s == 2.0 and load.busy_cpu_s == 4.5
     assert load.others_cores == 1.25  # (4.5 - 2.0) CPU seconds over 2 s
+    assert load.own_cpu_share == 1.0 and load.as_params("p.")["p.own_cpu_share"] == 1.0
     assert load.is_busy(0.5) and not load.is_busy(2.0)
     assert "1.2 of" in load.describe() and "0.50 -> 2.50" in load.describe()
     assert MachineLoad.from_dict(load.to_dict()) == load
