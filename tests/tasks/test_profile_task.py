@@ -37,9 +37,14 @@ def run_profile(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
+# two repeats of a 64 px model on a busy shared machine often fail the check: this test is about the
+# task's outputs, the check has tests of its own
+ACCEPT = "profile.check=false"
+
+
 @pytest.mark.slow
 def test_profile_task_writes_profiles_plot_and_mlflow_run(tmp_path):
-    done = run_profile(tmp_path)
+    done = run_profile(tmp_path, ACCEPT)
     assert done.returncode == 0, done.stderr[-3000:]
     profiles = Profiles.load(tmp_path / "run" / "profiles.json")
     assert profiles.cuts[0].name == "input" and profiles.cuts[0].is_full_offload
@@ -57,12 +62,13 @@ def test_profile_task_writes_profiles_plot_and_mlflow_run(tmp_path):
     assert "head_ms" in run.data.metrics and "profile_s" in run.data.metrics
     # the machine's load while measuring, and what the check did, as params and in the JSON
     assert int(run.data.params["profile_load.cpus"]) == os.cpu_count()
-    assert float(run.data.params["profile_load.wall_s"]) > 0 and "profile_check" in run.data.params
+    assert float(run.data.params["profile_load.wall_s"]) > 0
+    assert run.data.params["profile_check"] in ("passed", "failed, accepted")
     assert json.loads((tmp_path / "run" / "profiles.json").read_text())["measurement"]["load"]["cpus"] == os.cpu_count()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"profiles.json", "profiles.png", "profiles.txt"} <= artifacts
 
-    again = run_profile(tmp_path)  # same model, weights, input and settings: the cache answers
+    again = run_profile(tmp_path, ACCEPT)  # same model, weights, input and settings: the cache answers
     assert again.returncode == 0, again.stderr[-3000:]
     assert "cached" in again.stdout
     assert Profiles.load(tmp_path / "run" / "profiles.json") == profiles
