@@ -20,6 +20,7 @@ from splitcomp.link.shaping import ScenarioClock
 from splitcomp.profile import get_profiles
 from splitcomp.profile.latency import LatencyModel
 from splitcomp.profile.timing import pin_to_cores
+from splitcomp.redact import save_private_config
 from splitcomp.runtime.session import launch_server, open_socket_session
 from splitcomp.sim import RunEnv
 from splitcomp.tasks.build import Workload, build_workload
@@ -108,8 +109,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> di
         server = launch_server(cfg, link, clock, stack, out_dir) if runtime.needs_sockets else None
         tracker = stack.enter_context(start_run_from_config(tracking, config=config,
                                                             run_name=tracking.get("run_name")))
-        OmegaConf.save(cfg, out_dir / "config.yaml")
-        tracker.log_artifact(out_dir / "config.yaml")
+        tracker.log_artifact(save_private_config(cfg, out_dir / "config.yaml"))
         if runtime.needs_sockets:
             runtime.attach(open_socket_session(cfg, scenario, server, clock))
         try:

@@ -33,7 +33,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
             raise PeerError(f"port {port} on {host} is already in use; pick another with server.port=N "
                             "(0 picks a free one)") from None
         raise PeerError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check server.host") from None
-    listener.listen(64)
+    listener.listen(socket.SOMAXCONN)  # a burst of devices (or of hostile connections) is accepted, then judged
     return listener
 
 

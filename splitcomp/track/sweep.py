@@ -34,6 +34,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from splitcomp.redact import redact_text
+
 PARENT_ENV = "SPLITCOMP_SWEEP_PARENT_RUN_ID"
 SWEEP_TAG = "splitcomp.sweep"
 OVERRIDES_TAG = "splitcomp.overrides"
@@ -57,7 +59,7 @@ def job_tags() -> dict[str, str]:
     if not HydraConfig.initialized():
         return {}
     hydra_cfg = HydraConfig.get()
-    tags = {OVERRIDES_TAG: " ".join(hydra_cfg.overrides.task)}
+    tags = {OVERRIDES_TAG: redact_text(" ".join(hydra_cfg.overrides.task))}
     if hydra_cfg.mode == RunMode.MULTIRUN:
         tags[JOB_NUM_TAG] = str(hydra_cfg.job.num)
         tags.update(worker_tags())
@@ -108,7 +110,7 @@ class SweepCallback(Callback):
         experiment = str(tracking.get("experiment") or "splitcomp")
         client = self._client()
         experiment_id = _experiment_id(client, experiment, self.tracking_uri)
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = redact_text(" ".join(config.hydra.overrides.task))
         sweep_dir = Path(str(config.hydra.sweep.dir))
         tags = {SWEEP_TAG: "true", OVERRIDES_TAG: overrides, "splitcomp.sweep_dir": str(sweep_dir.resolve()),
                 "splitcomp.launcher": str(config.hydra.launcher.get("_target_", "")),
