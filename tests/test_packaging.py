@@ -18,7 +18,7 @@ SCRIPTS = ("splitcomp-run", "splitcomp-serve", "splitcomp-bottlenecks", "splitco
            "splitcomp-report")
 TINY_SIM = ["runtime=sim", "model=torchvision", "model.name=mobilenet_v3_small", "model.weights=null",
             "dataset=samples", "dataset.image_size=64", "requests=5", "compare_with=[]", "profile.batch_sizes=[1]",
-            "profile.repeats=1"]
+            "profile.repeats=1", "profile.check=false"]
 
 
 # where the installed package and its configs are, and the launchers Hydra finds

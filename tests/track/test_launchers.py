@@ -19,7 +19,8 @@ from splitcomp.track.sweep import JOBS_TAG
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["model=torchvision", "model.name=mobilenet_v3_small", "model.weights=null", "dataset=samples",
-        "dataset.image_size=64", "compare_with=[]", "profile.batch_sizes=[1,2]", "profile.repeats=2"]
+        "dataset.image_size=64", "compare_with=[]", "profile.batch_sizes=[1,2]", "profile.repeats=2",
+        "profile.check=false"]  # jobs profile side by side on a busy machine: launchers are tested here, not profiles
 POLICIES = ("device_only", "server_only", "oracle", "dynamic")
 SERIES = "latency_s"  # one point per request
 
