@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from splitcomp.configs import config_dir
 from splitcomp.errors import ConfigError
 from splitcomp.link.shaping import ScenarioClock
 from splitcomp.profile import get_profiles
@@ -75,7 +76,7 @@ def make_env(cfg: DictConfig, scenario: Scenario, policy_cfg: Any) -> RunEnv:
 
 def policy_config(name: str) -> Any:
     """The config of policy ``name`` from conf/policy/NAME.yaml (for the comparison runs)."""
-    path = Path(__file__).resolve().parents[1] / "conf" / "policy" / f"{name}.yaml"
+    path = config_dir() / "policy" / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"compare_with names an unknown policy {name!r}; see conf/policy/ for the options")
     return OmegaConf.load(path)

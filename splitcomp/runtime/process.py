@@ -75,7 +75,8 @@ class ServerProcess:
                    "--config-path", str(self.config_file.parent.resolve()),
                    "--config-name", self.config_file.stem,
                    f"hydra.run.dir={self.work_dir.resolve()}", "hydra.output_subdir=null",
-                   f"++server.ready_file={ready.resolve()}", *self.extra_overrides]
+                   f"++server.ready_file={ready.resolve()}", f"++server.run_pid={os.getpid()}",
+                   *self.extra_overrides]
         log_file = open(self.work_dir / "server.log", "ab")  # noqa: SIM115 (kept open for the child)
         self.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)

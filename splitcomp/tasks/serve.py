@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Any
@@ -93,9 +94,16 @@ def serve(cfg: DictConfig) -> None:
         write_ready_file(cfg.server.ready_file, host, port)
     print(f"splitcomp edge server listening on {host}:{port} ({server.tails.device}); Ctrl-C stops it",
           flush=True)
+    # A server started by a run (server.run_pid: its parent) ends with that run, also when the run's
+    # process is killed (a sweep job on a cluster node) and cannot stop it: orphaned, its parent changes.
+    run_pid = cfg.server.get("run_pid")
     thread = threading.Thread(target=server.serve_forever, args=(listener,), daemon=True)
     thread.start()
     while thread.is_alive():
+        if run_pid is not None and os.getppid() != int(run_pid):
+            log.warning("the run that started this server (process %s) is gone; stopping", run_pid)
+            run_pid = None
+            server.stop()
         thread.join(timeout=0.5)
     listener.close()
 
