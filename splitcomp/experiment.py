@@ -15,12 +15,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from splitcomp.errors import ConfigError
+from splitcomp.link.frame_bytes import FrameBytes, request_overhead, wire_frame_bytes
 from splitcomp.link.shaping import ScenarioClock
+from splitcomp.loop import RunEnv
 from splitcomp.profile import get_profiles
 from splitcomp.profile.latency import LatencyModel
 from splitcomp.profile.timing import pin_to_cores
+from splitcomp.runtime.security import auth_secret
 from splitcomp.runtime.session import launch_server, open_socket_session
-from splitcomp.sim import RunEnv
 from splitcomp.tasks.build import Workload, build_workload
 from splitcomp.track import start_run_from_config
 from splitcomp.track.plots import log_run_plots
@@ -41,6 +43,23 @@ class Scenario:
     link: Any
     dataset: Any
     n_requests: int
+    frames: FrameBytes
+
+
+def frame_bytes(work: Workload, profiles: Any, secret: bool) -> FrameBytes:
+    """The wire format's frame bytes, exact for every candidate cut: each head's output on the
+    example input, encoded as a request frame (plain values and multi-tensor cuts have longer
+    headers than one tensor)."""
+    per_cut = {}
+    with torch.inference_mode():
+        for cut in profiles.cuts:
+            if cut.is_device_only:
+                continue
+            head, _ = work.plan.split(cut.name)
+            values = head(work.example_input)
+            values = values if isinstance(values, tuple) else (values,)
+            per_cut[cut.name] = request_overhead(values, work.codec, cut.bytes_up, secret)
+    return wire_frame_bytes(secret).with_cuts(per_cut)
 
 
 def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True) -> Scenario:
@@ -57,19 +76,24 @@ def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True) -> Sce
     uplink = instantiate(cfg.channel)
     downlink = instantiate(cfg.downlink) if cfg.get("downlink") else None
     link.bind(uplink, downlink)
+    frames = frame_bytes(work, profiles, secret=auth_secret(cfg.server) is not None)
     return Scenario(work, profiles, uplink, link.downlink_trace, instantiate(cfg.server_load), link, dataset,
-                    n_requests)
+                    n_requests, frames)
 
 
 def make_env(cfg: DictConfig, scenario: Scenario, policy_cfg: Any) -> RunEnv:
-    """Fresh policy, estimator and arrivals on the shared scenario, for one policy's run."""
+    """Fresh policy, estimator and arrivals on the shared scenario, for one policy's run.
+
+    The true RTT is the link's (twice its one-way delay) on both runtimes: the real link adds
+    that delay and ignores RTT columns of traces, so the simulator does the same."""
+    delay = scenario.link.one_way_delay_s
     latency_model = LatencyModel(scenario.profiles, rtt_s=float(cfg.link.get("rtt_s", 0.0) or 0.0),
-                                 one_way_delay_s=scenario.link.one_way_delay_s)
+                                 one_way_delay_s=delay, frames=scenario.frames)
     return RunEnv(candidates=list(scenario.profiles.cuts), latency_model=latency_model,
                   policy=instantiate(policy_cfg), estimator=instantiate(cfg.estimator),
                   arrivals=instantiate(cfg.arrivals), uplink=scenario.uplink, downlink=scenario.downlink,
                   load_model=scenario.load_model, n_requests=scenario.n_requests, seed=int(cfg.seed),
-                  timeout_s=float(cfg.link.get("max_transfer_s") or 5.0))
+                  rtt_s=2 * delay, timeout_s=float(cfg.link.get("max_transfer_s") or 5.0))
 
 
 def policy_config(name: str) -> Any:

@@ -23,12 +23,13 @@ from splitcomp.policy import (
     Static,
 )
 from splitcomp.profile.latency import CutProfile, LatencyModel, Profiles
+from splitcomp.records import PART_FIELDS
 from splitcomp.scenario import BatchLoad, ClientsLoad, LoadModel, markov, random_walk, square, step
 from splitcomp.scenario.arrivals import ClosedLoop, Periodic, Poisson
 from splitcomp.scenario.trace import Trace
 from splitcomp.sim import RECORD_FIELDS, RunEnv, SimRuntime, compare_policies, simulate, simulate_env
 
-CONTRACT_FIELDS = {
+OLD_FIELDS = {
     "request", "t_start", "cut", "cut_name", "bytes_up", "bytes_down", "device_s", "encode_s", "uplink_s",
     "queue_s", "server_s", "downlink_s", "decode_s", "latency_s", "predicted_latency_s", "rate_trace_bps",
     "rate_estimate_bps", "server_load", "fallback", "prediction", "reference", "label",
@@ -80,12 +81,14 @@ SCENARIOS = {
 }
 
 
-def test_records_have_exactly_the_contract_fields():
-    records = simulate_env(env(OUTAGE, n=50))
-    assert set(RECORD_FIELDS) == CONTRACT_FIELDS
+def test_records_keep_every_field_users_know_and_their_parts_add_up():
+    records = simulate_env(env(OUTAGE, n=50, load_model=ClientsLoad(clients=2, rate_hz=10)))
+    assert OLD_FIELDS <= set(RECORD_FIELDS)
     for r in records:
-        assert set(r) == CONTRACT_FIELDS
+        assert tuple(r) == RECORD_FIELDS
         assert r["prediction"] is None and r["reference"] is None and r["label"] is None
+        assert sum(r[k] for k in PART_FIELDS) == pytest.approx(r["latency_s"], abs=1e-9)
+        assert r["unaccounted_s"] == pytest.approx(0.0, abs=1e-9)
     assert [r["request"] for r in records] == list(range(50))
 
 
@@ -101,9 +104,9 @@ def test_oracle_is_never_slower_than_any_policy(name):
     }
     runs = compare_policies(base, policies)
     oracle = latencies(runs["oracle"])
-    starts = [r["t_start"] for r in runs["oracle"]]
+    starts = [r["t_due"] for r in runs["oracle"]]
     for policy, records in runs.items():
-        assert [r["t_start"] for r in records] == starts
+        assert [r["t_due"] for r in records] == starts
         lat = latencies(records)
         assert np.all(oracle <= lat + 1e-9), f"{policy} beats the oracle on {name}"
         assert oracle.mean() <= lat.mean() + 1e-12
@@ -136,18 +139,25 @@ def test_a_fixed_seed_gives_identical_runs():
 
 
 def test_the_estimator_learns_the_rate_from_the_uplink_transfers():
-    records = simulate_env(env(Trace([0.0], [20e6], 30.0), policy=Static("input"), estimator=LastEstimator()))
+    e = env(Trace([0.0], [20e6], 30.0), policy=Static("input"), estimator=LastEstimator())
+    records = simulate_env(e)
     assert records[-1]["rate_estimate_bps"] == pytest.approx(20e6)
-    assert records[-1]["bytes_up"] == 150_000 + 200  # payload plus the frame overhead
+    frame = e.latency_model.frames.request_bytes("input", 150_000)
+    assert records[-1]["bytes_up"] == frame and 150_000 < frame < 150_400  # payload plus the frame's header
 
 
 def test_device_only_requests_feed_nothing_but_probes_keep_the_estimate_fresh():
-    stats = {}
-    e = env(step([[0, 20e6], [10, 5e6]], duration=20), policy=DeviceOnly(), estimator=LastEstimator(max_age_s=1.0))
-    records = simulate_env(e, stats=stats)
+    """Dynamic on a slow channel runs on the device; its probes (about one a second) follow the
+    rate. A policy that never reads the estimate never probes."""
+    slow = step([[0, 3e6], [10, 1e6]], duration=20)
+    stats, quiet = {}, {}
+    records = simulate_env(env(slow, policy=Dynamic(), estimator=LastEstimator(max_age_s=1.0)), stats=stats)
     assert all(r["bytes_up"] == 0 for r in records)
-    assert 15 <= stats["probes"] <= 21  # about one a second over 20 s
-    assert records[-1]["rate_estimate_bps"] == pytest.approx(5e6, rel=0.01)
+    assert 15 <= stats["probes"] <= 21
+    assert records[-1]["rate_estimate_bps"] == pytest.approx(1e6, rel=0.05)
+    assert all(r["probe_s"] <= DEVICE_ONLY_S + 1e-9 for r in records)  # a probe's deadline: the device-only time
+    simulate_env(env(slow, policy=DeviceOnly(), estimator=LastEstimator(max_age_s=1.0)), stats=quiet)
+    assert quiet["probes"] == 0
 
 
 def _offload_share_after(records, t):
@@ -184,9 +194,9 @@ def test_outages_end_in_a_timeout_and_a_fallback():
     records = simulate_env(env(OUTAGE, policy=ServerOnly(), n=200, timeout_s=1.0), stats=stats)
     fallbacks = [r for r in records if r["fallback"]]
     assert fallbacks and stats["fallbacks"] == len(fallbacks)
-    for r in fallbacks:
-        assert r["latency_s"] == pytest.approx(1.0 + DEVICE_ONLY_S)
-        assert r["bytes_down"] == 0
+    for r in fallbacks:  # the timeout, then the whole model on the device, after any wait
+        assert r["latency_s"] - r["wait_s"] == pytest.approx(1.0 + DEVICE_ONLY_S)
+        assert r["uplink_s"] == pytest.approx(1.0) and r["bytes_down"] == 0
     assert all(math.isfinite(r["latency_s"]) for r in records)
 
 
@@ -194,7 +204,8 @@ def test_a_dead_channel_never_divides_by_zero():
     dead = Trace([0.0], [0.0], 10.0)
     for policy in (Dynamic(), ServerOnly(), Oracle(), Bandit(), Neurosurgeon()):
         records = simulate_env(env(dead, policy=policy, n=30))
-        assert all(math.isfinite(r["latency_s"]) and r["latency_s"] <= 1.0 + DEVICE_ONLY_S + 1e-9 for r in records)
+        assert all(math.isfinite(r["latency_s"]) for r in records)
+        assert all(r["latency_s"] - r["wait_s"] - r["probe_s"] <= 1.0 + DEVICE_ONLY_S + 1e-9 for r in records)
     assert {r["cut_name"] for r in simulate_env(env(dead, n=30))} == {"output"}
 
 
@@ -203,7 +214,10 @@ def test_server_load_models_shape_the_server_terms():
     batch = simulate_env(env(fast, Static("input"), n=5, load_model=BatchLoad(batch_size=8)))
     assert batch[0]["server_s"] == pytest.approx(0.040) and batch[0]["server_load"] == 8
     clients = simulate_env(env(fast, Static("input"), n=5, load_model=ClientsLoad(clients=3, rate_hz=10)))
-    assert clients[0]["queue_s"] == pytest.approx(3 * (10 * 0.010) * 0.010)  # utilisation x service time
+    rho = 3 * 10 * 0.010 / (1 + 10 * 0.010)  # each client sends once per 1/rate_hz + its own service
+    assert clients[0]["queue_s"] == pytest.approx(rho * 0.010 / (2 * (1 - rho)), rel=0.05)  # M/D/1
+    closed = simulate_env(env(fast, Static("input"), n=5, load_model=ClientsLoad(clients=3)))
+    assert closed[0]["queue_s"] == pytest.approx(2.5 * 0.010)  # two queued ahead and half of one running
     slow = simulate_env(env(fast, Static("mid"), n=5, load_model=Slowdown()))
     assert slow[0]["server_s"] == pytest.approx(3 * 0.006)
 

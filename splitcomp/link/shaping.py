@@ -37,7 +37,13 @@ DOWNLINK_MODES = ("same", "unshaped")
 
 class LinkTimeout(PeerError, TimeoutError):
     """A transfer that did not finish within ``max_transfer_s``; the socket is left mid-message,
-    so the caller must close it (and may fall back, e.g. to device-only inference)."""
+    so the caller must close it (and may fall back, e.g. to device-only inference).
+    ``carried_bytes`` is what the channel carried in the ``shaped_s`` seconds it had."""
+
+    def __init__(self, message: str, carried_bytes: float = 0.0, shaped_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.carried_bytes = float(carried_bytes)
+        self.shaped_s = float(shaped_s)
 
 
 class ScenarioClock:
@@ -88,6 +94,8 @@ class Pacer(ABC):
     """Sends one message at a time on a socket, shaped by ``trace`` (None: unshaped) after a
     one-way delay of ``delay_s``."""
 
+    max_transfer_s = math.inf  # a transfer not done this long after it started raises LinkTimeout
+
     def __init__(self, trace: Trace | None, delay_s: float = 0.0) -> None:
         self.trace = trace
         self.delay_s = float(delay_s)
@@ -107,6 +115,18 @@ class Pacer(ABC):
         return TransferStats(
             nbytes, start_t, end_t, end_t - start_t, self._trace_rate(start_t + self.delay_s, end_t)
         )
+
+    def _timeout(self, nbytes: int, start: float) -> LinkTimeout:
+        """The error of a transfer of ``nbytes`` started at ``start`` and given up at its deadline."""
+        shaped_from, deadline = start + self.delay_s, start + self.max_transfer_s
+        carried = 0.0
+        if self.trace is not None and deadline > shaped_from:
+            carried = min(float(nbytes), self.trace.bits_between(shaped_from, deadline) / 8)
+        name = self.trace.name if self.trace is not None else "unshaped"
+        return LinkTimeout(
+            f"a {nbytes}-byte transfer did not finish within max_transfer_s={self.max_transfer_s:g} s on "
+            f"trace {name!r} (outage or too low a rate); raise link.max_transfer_s or let the runtime fall back",
+            carried, max(0.0, deadline - shaped_from))
 
     def _trace_rate(self, t0: float, t1: float) -> float:
         if self.trace is None:
@@ -164,11 +184,7 @@ class TracePacer(Pacer):
             due += self.trace.transfer_time(len(piece), due, max_time=max(deadline - due, 0.0))
             if due > deadline:
                 sleep_until(clock, deadline, self.spin_s)
-                raise LinkTimeout(
-                    f"a {len(view)}-byte transfer did not finish within max_transfer_s={self.max_transfer_s:g} s "
-                    f"on trace {self.trace.name!r} (outage or too low a rate); raise link.max_transfer_s "
-                    "or let the runtime fall back"
-                )
+                raise self._timeout(len(view), start)
             sleep_until(clock, due, self.spin_s)
             sock.sendall(piece)
         return self._stats(len(view), start, clock.now())
@@ -199,8 +215,9 @@ class Link(ABC):
         self.downlink_trace = downlink
 
     @abstractmethod
-    def uplink_pacer(self) -> Pacer:
-        """Pacer for device -> server."""
+    def uplink_pacer(self, max_transfer_s: float | None = None) -> Pacer:
+        """Pacer for device -> server; ``max_transfer_s`` overrides the link's transfer deadline
+        (a probe waits less than a request)."""
 
     @abstractmethod
     def downlink_pacer(self) -> Pacer:
@@ -261,7 +278,7 @@ class LoopbackLink(Link):
     def __init__(self) -> None:
         super().__init__(delay_s=0.0)
 
-    def uplink_pacer(self) -> Pacer:
+    def uplink_pacer(self, max_transfer_s: float | None = None) -> Pacer:
         return UnshapedPacer()
 
     def downlink_pacer(self) -> Pacer:
@@ -290,13 +307,14 @@ class ShapedLink(Link):
         self.max_transfer_s = float(max_transfer_s)
         self.spin_s = float(spin_s)
 
-    def _pacer(self, trace: Trace | None) -> Pacer:
+    def _pacer(self, trace: Trace | None, max_transfer_s: float | None = None) -> Pacer:
         if trace is None:
             return UnshapedPacer(self.one_way_delay_s)
-        return TracePacer(trace, self.one_way_delay_s, self.chunk_bytes, self.max_transfer_s, self.spin_s)
+        deadline = self.max_transfer_s if max_transfer_s is None else float(max_transfer_s)
+        return TracePacer(trace, self.one_way_delay_s, self.chunk_bytes, deadline, self.spin_s)
 
-    def uplink_pacer(self) -> Pacer:
-        return self._pacer(self.uplink_trace)
+    def uplink_pacer(self, max_transfer_s: float | None = None) -> Pacer:
+        return self._pacer(self.uplink_trace, max_transfer_s)
 
     def downlink_pacer(self) -> Pacer:
         return self._pacer(self.downlink_trace)

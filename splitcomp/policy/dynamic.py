@@ -32,6 +32,7 @@ class Dynamic(Policy):
     another one is predicted faster by more than the fraction h of the current prediction."""
 
     name = "dynamic"
+    needs_rate_estimate = True
 
     def __init__(self, hysteresis: float = 0.0) -> None:
         if not 0 <= hysteresis < 1:

@@ -44,6 +44,7 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 class Neurosurgeon(Policy):
     name = "neurosurgeon"
+    needs_rate_estimate = True
 
     def __init__(self, flops: dict[str, list[float]] | None = None) -> None:
         self.flops = {str(k): (float(v[0]), float(v[1])) for k, v in (flops or {}).items()}

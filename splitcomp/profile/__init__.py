@@ -1,7 +1,6 @@
 """Profiles of device-head and server-tail times per cut and batch size, and the latency model."""
 
 from splitcomp.profile.latency import (
-    FRAME_OVERHEAD_BYTES,
     CutProfile,
     LatencyBreakdown,
     LatencyModel,
@@ -12,7 +11,6 @@ from splitcomp.profile.profiler import get_profiles, profile_plan, resolve_serve
 from splitcomp.profile.timing import pin_to_cores, run_on_device
 
 __all__ = [
-    "FRAME_OVERHEAD_BYTES",
     "CutProfile",
     "LatencyBreakdown",
     "LatencyModel",

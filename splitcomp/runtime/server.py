@@ -7,6 +7,7 @@ edge server, and the queue length the server reports is real.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import socket
@@ -22,12 +23,17 @@ import torch
 
 from splitcomp.errors import PeerError
 from splitcomp.link.codecs import RawCodec
+from splitcomp.link.frame_bytes import answer_meta, probe_ack_meta
+from splitcomp.link.shaping import LinkTimeout
 from splitcomp.link.wire import Frame, Kind, Limits, encode_frame, read_frame
 from splitcomp.profile.timing import precise_sleep
+from splitcomp.records import ServerReport
 from splitcomp.runtime.fingerprint import describe_mismatch
 from splitcomp.runtime.tails import TailBank
 
 log = logging.getLogger("splitcomp.server")
+
+RECENT_QUEUE_WEIGHT = 0.2  # EWMA weight of the newest job's queueing delay (reported to probes)
 
 
 @dataclass
@@ -94,6 +100,7 @@ class EdgeServer:
         self.clients = 0
         self.served = 0
         self.rejected_frames = 0
+        self.recent_queue_s = 0.0  # recent mean queueing delay over every client's jobs
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -137,6 +144,8 @@ class EdgeServer:
                 if frame is None:
                     break
                 self._answer(conn, frame, downlink)
+        except LinkTimeout as exc:  # an answer stuck in the shaped downlink: the stream is mid-message
+            log.info("client %s: answer abandoned (%s)", addr, exc)
         except PeerError as exc:
             self._refuse(conn, str(exc))
         except OSError as exc:
@@ -170,7 +179,9 @@ class EdgeServer:
         self._send(conn, encode_frame(Kind.WELCOME, {"cuts": self.tails.n_cuts,
                                                     "device": str(self.tails.device)},
                                       secret=self.settings.secret))
-        return self.downlink_pacer_factory(origin) if self.downlink_pacer_factory else None
+        if self.downlink_pacer_factory is None or frame.meta.get("link") == "unshaped":
+            return None  # background clients load the server, not the device's link
+        return self.downlink_pacer_factory(origin)
 
     def _send_response(self, conn: socket.socket, data: bytes, downlink: Any) -> None:
         """Send on the downlink: paced by the link's trace when the link shapes it."""
@@ -182,9 +193,10 @@ class EdgeServer:
 
     def _answer(self, conn: socket.socket, frame: Frame, downlink: Any) -> None:
         received = time.perf_counter()
-        if frame.kind is Kind.PROBE:
-            self._send(conn, encode_frame(Kind.PROBE_ACK, {"bytes": frame.payload_bytes},
-                                          secret=self.settings.secret))
+        if frame.kind is Kind.PROBE:  # acknowledged over the downlink, with the load a request would meet now
+            report = self._load_now(frame.meta.get("t"))
+            ack = encode_frame(Kind.PROBE_ACK, probe_ack_meta(report, frame.payload_bytes), secret=self.settings.secret)
+            self._send_response(conn, ack, downlink)
             return
         if frame.kind is not Kind.REQUEST:
             raise PeerError(f"unexpected {frame.kind.name} frame")
@@ -202,9 +214,9 @@ class EdgeServer:
         job = Job(cut_index, values, float(t_scenario), time.perf_counter(), self.jobs.qsize())
         self.jobs.put(job)
         logits, report = job.future.result()
-        report.update(request=meta.get("request"), decode_s=decode_s,
-                      handled_s=time.perf_counter() - received)
-        response = encode_frame(Kind.RESPONSE, report, [logits], RawCodec(), secret=self.settings.secret)
+        report = dataclasses.replace(report, decode_s=decode_s, handled_s=time.perf_counter() - received)
+        response = encode_frame(Kind.RESPONSE, answer_meta(report, meta.get("request")), [logits], RawCodec(),
+                                secret=self.settings.secret)
         self._send_response(conn, response, downlink)
         log.debug("answered request %s at cut %d (batch %d)", meta.get("request"), cut_index, batch)
 
@@ -231,7 +243,14 @@ class EdgeServer:
                 log.exception("tail failed")
                 job.future.set_exception(PeerError(f"the server failed to run the tail: {exc}"))
 
-    def _compute(self, job: Job) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _load_now(self, t: Any) -> ServerReport:
+        """What a request arriving at scenario time ``t`` would meet: batch, slowdown, the jobs
+        queued now and the recent mean queueing delay."""
+        t = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0
+        return ServerReport(batch_size=self.load.batch_at(t), queue_len=self.jobs.qsize(),
+                            slowdown=self.load.slowdown_at(t), queue_s=self.recent_queue_s)
+
+    def _compute(self, job: Job) -> tuple[torch.Tensor, ServerReport]:
         started = time.perf_counter()
         queue_s = started - job.enqueued
         tail, _ = self.tails.get(job.cut_index)
@@ -250,6 +269,7 @@ class EdgeServer:
             precise_sleep((slowdown - 1.0) * tail_s)
         server_s = time.perf_counter() - started
         self.served += 1
-        report = {"queue_s": queue_s, "tail_s": tail_s, "server_s": server_s, "batch_size": copies,
-                  "queue_len": job.queue_len, "slowdown": slowdown}
+        self.recent_queue_s += RECENT_QUEUE_WEIGHT * (queue_s - self.recent_queue_s)
+        report = ServerReport(batch_size=copies, queue_len=job.queue_len, slowdown=slowdown, queue_s=queue_s,
+                              tail_s=tail_s, server_s=server_s)
         return output[:batch].to("cpu").float(), report

@@ -50,6 +50,10 @@ class LoadModel:
         """Background device clients sending requests at time ``t``."""
         return 0
 
+    def max_clients(self) -> int:
+        """The most background clients at any time (the real runtime starts that many)."""
+        return 0
+
     def describe(self) -> dict[str, Any]:
         """JSON-safe summary for run parameters and reports."""
         return {"kind": self.kind}
@@ -141,6 +145,9 @@ class ClientsLoad(LoadModel):
 
     def clients_at(self, t: float) -> int:
         return int(self._series.at(t))
+
+    def max_clients(self) -> int:
+        return int(max([self.clients, *self._series.values]))
 
     def arrival_times(self, duration: float) -> np.ndarray:
         """Sorted times in [0, duration) of all background requests (open loop only), a Poisson

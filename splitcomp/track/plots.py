@@ -14,9 +14,9 @@ import numpy as np  # noqa: E402
 
 
 def timeline_figure(records: Sequence[Mapping[str, Any]], uplink: Any = None) -> Any:
-    """Three stacked panels over scenario time: the channel rate (trace and the device's
-    estimate), the chosen cut, and predicted vs measured latency."""
-    t = np.array([r["t_start"] for r in records])
+    """Three stacked panels over scenario time (each request at its due time): the channel rate
+    (trace and the device's estimate), the chosen cut, and predicted vs measured latency."""
+    t = np.array([r["t_due"] if "t_due" in r else r["t_start"] for r in records])
     fig, (ax_rate, ax_cut, ax_lat) = plt.subplots(3, 1, sharex=True, figsize=(9, 7))
     if uplink is not None and len(t):
         grid = np.linspace(0, max(t.max(), 1e-3), 500)
