@@ -110,9 +110,11 @@ class BatchLoad(LoadModel):
 class ClientsLoad(LoadModel):
     """``clients`` background devices send real requests to the server at the ``cut`` they use.
 
-    With ``rate_hz`` each client sends Poisson arrivals at that mean rate (open loop); with
-    ``rate_hz: null`` each sends its next request as soon as the previous answer arrives (closed
-    loop). ``schedule`` (``[[t_s, n], ...]``) changes the number of clients over time.
+    With ``rate_hz`` each client waits an exponential gap of mean ``1 / rate_hz`` after each
+    answer, drawn from a generator seeded by ``seed`` (open loop); with ``rate_hz: null`` each
+    sends its next request as soon as the previous answer arrives (closed loop). ``schedule``
+    (``[[t_s, n], ...]``) changes the number of clients over time. How the simulator and the
+    oracle see their queueing: :class:`splitcomp.profile.queueing.TrueLoad`.
     """
 
     kind = "clients"
