@@ -230,28 +230,44 @@ class RequestLoop:
         self.records: list[RequestRecord] = []
         self.stats = RunStats()
         self.on_record: Callable[[RequestRecord], None] | None = None  # e.g. a progress bar
+        self.next_due = 0.0
+        self._prev_done = 0.0
+        self._arrival_rng = np.random.default_rng([env.seed, 1])
 
     def run(self) -> list[RequestRecord]:
+        """Serve every request of the run; the records."""
+        self.begin()
+        while self.step():
+            pass
+        return self.records
+
+    def begin(self) -> None:
+        """Prepare the policy and estimator and start the backend's clock (request 0 is due at 0)."""
         env = self.env
         env.policy.prepare(env)
         env.estimator.reset()
         env.estimator.bind(env.uplink)
-        rng = np.random.default_rng([env.seed, 1])
+        self._arrival_rng = np.random.default_rng([env.seed, 1])
         self.backend.start()
-        t_due, prev_done = 0.0, 0.0
-        for i in range(env.n_requests):
-            if not self.backend.has_input():
-                break
-            probe = self._maybe_probe(t_due)
-            self.backend.wait_until(t_due)
-            record = self._request(i, t_due, prev_done, probe)
-            self.records.append(record)
-            env.policy.observe(record)
-            if self.on_record is not None:
-                self.on_record(record)
-            prev_done = t_due + record.latency_s
-            t_due = env.arrivals.next_start(t_due, prev_done, rng)
-        return self.records
+        self.next_due, self._prev_done = 0.0, 0.0
+
+    def step(self) -> bool:
+        """Serve the next request (due at ``next_due``); False when the run is over. Several loops
+        stepped in order of ``next_due`` interleave devices in scenario time."""
+        i = len(self.records)
+        if i >= self.env.n_requests or not self.backend.has_input():
+            return False
+        t_due = self.next_due
+        probe = self._maybe_probe(t_due)
+        self.backend.wait_until(t_due)
+        record = self._request(i, t_due, self._prev_done, probe)
+        self.records.append(record)
+        self.env.policy.observe(record)
+        if self.on_record is not None:
+            self.on_record(record)
+        self._prev_done = t_due + record.latency_s
+        self.next_due = self.env.arrivals.next_start(t_due, self._prev_done, self._arrival_rng)
+        return True
 
     # --- probing -----------------------------------------------------------------------------------
     def _maybe_probe(self, t_due: float) -> _Probe | None:

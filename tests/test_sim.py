@@ -246,3 +246,25 @@ def test_simulate_checks_its_arguments():
         simulate([], e.latency_model, Dynamic(), e.estimator, e.arrivals, e.uplink)
     with pytest.raises(ConfigError):
         simulate_env(dataclasses.replace(e, timeout_s=0))
+
+
+def test_a_device_that_stopped_offloading_learns_from_probes_when_the_load_drops():
+    fast = Trace([0.0], [300e6], 30.0)
+    records = simulate_env(env(fast, n=300, load_model=BatchLoad(schedule=[[0, 1], [10, 64], [20, 1]])))
+    assert all(r["cut_name"] != "input" for r in records if 12 < r["t_due"] < 20)
+    assert all(r["cut_name"] == "input" for r in records if r["t_due"] > 22)
+
+
+def test_a_probe_that_runs_past_the_due_time_is_inside_the_request():
+    """Dynamic on a channel too slow for a probe within its deadline: each probe costs the
+    request due meanwhile, and the time adds up."""
+    slow = Trace([0.0], [0.2e6], 30.0)  # a 16 kB probe needs 0.65 s
+    stats = {}
+    records = simulate_env(env(slow, n=40, arrivals=ClosedLoop(), estimator=EwmaEstimator(max_age_s=0.5)),
+                           stats=stats)
+    assert stats["failed_probes"] == stats["probes"] >= 5
+    held = [r for r in records if r["probe_s"] > 0]
+    assert len(held) == stats["probes"]
+    for r in held:  # closed loop: the probe starts when the request is due and runs to its deadline
+        assert r["probe_s"] == pytest.approx(DEVICE_ONLY_S)
+        assert r["latency_s"] == pytest.approx(r["probe_s"] + r["device_s"])

@@ -133,3 +133,13 @@ def test_background_clients_wait_the_gaps_their_seed_gives():
     assert gaps(3, 0) == gaps(3, 0) != gaps(4, 0)
     assert gaps(3, 0) != gaps(3, 1)
     assert 0.06 < sum(gaps(3, 0)) / 50 < 0.14  # mean 1 / rate_hz
+
+
+def test_a_probe_answer_carries_the_servers_load(tiny, live_server, connect):
+    """So that a device that stopped offloading learns when the load changes."""
+    _, _, _, fingerprint = tiny
+    _, port = live_server(load_model=BatchLoad(schedule=[[0, 16], [3600, 1]]))
+    client = connect(port, fingerprint)
+    client.send(client.probe_frame(1000))
+    report = client.receive_probe_ack(timeout_s=5.0)
+    assert report.batch_size == 16 and report.queue_len == 0 and report.slowdown == 1.0
