@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,10 @@ __all__ = ["RECORD_FIELDS", "RunEnv", "SimBackend", "SimRuntime", "compare_polic
 IQR_IN_SIGMAS = 2 * 0.6744897501960817  # the interquartile range of a normal distribution, in sigmas
 
 
+def _normal_cdf(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
 def spread_sigma(median_s: float, iqr_s: float) -> float:
     """Sigma of the median-one log-normal factor whose times have interquartile range ``iqr_s``
     around ``median_s``: IQR = 2 m sinh(0.674 sigma)."""
@@ -53,8 +58,15 @@ def spread_sigma(median_s: float, iqr_s: float) -> float:
 class SimBackend:
     """Serves the loop's requests and probes in scenario time (see the module docstring)."""
 
-    def __init__(self, env: RunEnv, noise: float | None = None) -> None:
+    def __init__(self, env: RunEnv, noise: float | None = None, device_factors: Sequence[float] = (),
+                 server_factors: Sequence[float] = ()) -> None:
+        """``device_factors`` and ``server_factors``, when given, replace the noise: each request's
+        head (tail) time is the profiled one times a factor drawn from them, the ratios of real to
+        profiled compute measured where the runtime runs (one request after an idle gap takes
+        longer than the profiler's back-to-back calls). The policies still see the profiles."""
         self.env = env
+        self.device_factors = np.asarray(device_factors, dtype=float)
+        self.server_factors = np.asarray(server_factors, dtype=float)
         self.model = env.latency_model
         self.uplink, self.downlink = env.uplink, env.downlink or env.uplink
         self.true_load = env.true_load()
@@ -96,12 +108,22 @@ class SimBackend:
         z_device, z_server = self.noise_rng.standard_normal(2)
         if self.noise is not None:
             if self.noise == 0:
-                return 1.0, 1.0
-            shift = -self.noise * self.noise / 2  # mean one
-            return math.exp(shift + self.noise * z_device), math.exp(shift + self.noise * z_server)
-        head = spread_sigma(cut.head_at(1), cut.head_spread_s.get(1, 0.0))
-        tail = spread_sigma(cut.tail_s.get(1, 0.0), cut.tail_spread_s.get(1, 0.0))
-        return math.exp(head * z_device), math.exp(tail * z_server)
+                device, server = 1.0, 1.0
+            else:
+                shift = -self.noise * self.noise / 2  # mean one
+                device, server = math.exp(shift + self.noise * z_device), math.exp(shift + self.noise * z_server)
+        else:
+            head = spread_sigma(cut.head_at(1), cut.head_spread_s.get(1, 0.0))
+            tail = spread_sigma(cut.tail_s.get(1, 0.0), cut.tail_spread_s.get(1, 0.0))
+            device, server = math.exp(head * z_device), math.exp(tail * z_server)
+        return self._measured(self.device_factors, z_device, device), self._measured(self.server_factors, z_server, server)
+
+    @staticmethod
+    def _measured(factors: np.ndarray, z: float, otherwise: float) -> float:
+        """A measured factor picked by the request's draw (the same draw for every policy)."""
+        if not len(factors):
+            return otherwise
+        return float(factors[min(int(_normal_cdf(z) * len(factors)), len(factors) - 1)])
 
     # --- serving ------------------------------------------------------------------------------------
     def serve(self, job: Job) -> Served:

@@ -29,11 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from splitcomp.experiment import Scenario, build_scenario, make_env, policy_config
 from splitcomp.link.shaping import ScenarioClock
-from splitcomp.loop import RunEnv
+from splitcomp.loop import RunEnv, run_requests
 from splitcomp.profile.timing import pin_to_cores
 from splitcomp.records import RequestRecord
 from splitcomp.runtime.session import SocketSession, launch_server, open_socket_session
-from splitcomp.sim import simulate_env
+from splitcomp.sim import SimBackend
 from splitcomp.tasks.common import CONF_DIR
 
 ROOT = Path(CONF_DIR).parent
@@ -58,29 +58,35 @@ class SocketBench:
     session: SocketSession
     runtime: Any
 
-    def env(self, policy: str | DictConfig, estimator: str | None = None) -> RunEnv:
+    def env(self, policy: str | DictConfig, estimator: str | None = None, requests: int | None = None) -> RunEnv:
         """The run environment of one policy (a conf/policy name or a policy config) on this
-        scenario; ``estimator`` names a conf/estimator option to use instead of the config's."""
+        scenario; ``estimator`` names a conf/estimator option to use instead of the config's;
+        ``requests`` serves only that many of the scenario's requests."""
         cfg = self.cfg
         if estimator is not None:
             cfg = cfg.copy()
             cfg.estimator = OmegaConf.load(Path(CONF_DIR) / "estimator" / f"{estimator}.yaml")
         policy_cfg = policy_config(policy) if isinstance(policy, str) else policy
-        return make_env(cfg, self.scenario, policy_cfg)
+        env = make_env(cfg, self.scenario, policy_cfg)
+        return env if requests is None else dataclasses.replace(env, n_requests=min(requests, env.n_requests))
 
-    def run(self, policy: str | DictConfig, estimator: str | None = None) -> list[RequestRecord]:
+    def run(self, policy: str | DictConfig, estimator: str | None = None,
+            requests: int | None = None) -> list[RequestRecord]:
         """Records of one policy on this scenario, on the real runtime (see :meth:`env`)."""
         # A fresh clock per run: scenario time starts at 0 for every policy (the session only
         # moves the clock's origin, which the server sees but the device's own clock does not).
         self.session.clock = ScenarioClock()
-        return self.runtime.run(self.env(policy, estimator))
+        return self.runtime.run(self.env(policy, estimator, requests))
 
-    def simulate(self, policy: str | DictConfig, estimator: str | None = None,
-                 **sim_options: Any) -> list[RequestRecord]:
+    def simulate(self, policy: str | DictConfig, estimator: str | None = None, device_factors: Sequence[float] = (),
+                 server_factors: Sequence[float] = (), **sim_options: Any) -> list[RequestRecord]:
         """Records of the same run in the simulator (``sim_options``: its ``noise`` and
-        ``client_share``; the config's ``runtime=sim`` defaults otherwise)."""
+        ``client_share``, the simulator's defaults otherwise; the factors: see ``SimBackend``)."""
         env = self.env(policy, estimator)
-        return simulate_env(dataclasses.replace(env, sim_options={**env.sim_options, **sim_options}))
+        env = dataclasses.replace(env, sim_options={"noise": None, "client_share": 0.5, **env.sim_options,
+                                                    **sim_options})
+        backend = SimBackend(env, env.sim_options["noise"], device_factors, server_factors)
+        return run_requests(env, backend)
 
 
 @contextlib.contextmanager
