@@ -79,8 +79,6 @@ class ServerReport:
 # a run whose clock loses nothing they add up to ``latency_s`` (the rest is ``unaccounted_s``).
 PART_FIELDS = ("wait_s", "probe_s", "connect_s", "device_s", "encode_s", "uplink_s", "decode_s", "queue_s",
                "server_s", "overhead_s", "downlink_s")
-PREDICTED_FIELDS = ("predicted_device_s", "predicted_encode_s", "predicted_uplink_s", "predicted_rtt_s",
-                    "predicted_queue_s", "predicted_server_s", "predicted_decode_s", "predicted_downlink_s")
 
 
 @dataclass
