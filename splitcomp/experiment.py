@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from splitcomp.configs import config_dir
 from splitcomp.errors import ConfigError
 from splitcomp.link.frame_bytes import FrameBytes, request_overhead, wire_frame_bytes
 from splitcomp.link.shaping import ScenarioClock
@@ -21,6 +22,7 @@ from splitcomp.loop import RunEnv
 from splitcomp.profile import get_profiles
 from splitcomp.profile.latency import LatencyModel
 from splitcomp.profile.timing import pin_to_cores
+from splitcomp.redact import save_private_config
 from splitcomp.runtime.security import auth_secret
 from splitcomp.runtime.session import launch_server, open_socket_session
 from splitcomp.tasks.build import Workload, build_workload
@@ -98,7 +100,7 @@ def make_env(cfg: DictConfig, scenario: Scenario, policy_cfg: Any) -> RunEnv:
 
 def policy_config(name: str) -> Any:
     """The config of policy ``name`` from conf/policy/NAME.yaml (for the comparison runs)."""
-    path = Path(__file__).resolve().parents[1] / "conf" / "policy" / f"{name}.yaml"
+    path = config_dir() / "policy" / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"compare_with names an unknown policy {name!r}; see conf/policy/ for the options")
     return OmegaConf.load(path)
@@ -131,8 +133,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> di
         server = launch_server(cfg, link, clock, stack, out_dir) if runtime.needs_sockets else None
         tracker = stack.enter_context(start_run_from_config(tracking, config=config,
                                                             run_name=tracking.get("run_name")))
-        OmegaConf.save(cfg, out_dir / "config.yaml")
-        tracker.log_artifact(out_dir / "config.yaml")
+        tracker.log_artifact(save_private_config(cfg, out_dir / "config.yaml"))
         if runtime.needs_sockets:
             runtime.attach(open_socket_session(cfg, scenario, server, clock))
         try:

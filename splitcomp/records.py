@@ -65,7 +65,12 @@ class ServerReport:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0:
                 raise PeerError(f"the edge server reported {f.name}={value!r}, not a finite non-negative number")
-            values[f.name] = int(value) if f.type in ("int", int) else float(value)
+            if f.type in ("int", int):
+                if not isinstance(value, int):
+                    raise PeerError(f"the edge server reported {f.name}={value!r}, not a whole number")
+                values[f.name] = value
+            else:
+                values[f.name] = float(value)
         if values.get("batch_size", 1) < 1:
             raise PeerError(f"the edge server reported batch_size={values['batch_size']}, below 1")
         return cls(**values)

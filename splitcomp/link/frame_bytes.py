@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from splitcomp.link.auth import FrameAuth
 from splitcomp.link.codecs import Codec, RawCodec
 from splitcomp.link.wire import Kind, encode_frame
 from splitcomp.records import ServerReport
@@ -47,7 +48,7 @@ def probe_ack_meta(report: ServerReport, nbytes: int) -> dict[str, Any]:
 
 
 def _frame_len(kind: Kind, meta: dict[str, Any], values: tuple | list, codec: Codec | None, secret: bool) -> int:
-    return len(encode_frame(kind, meta, values, codec, secret=_SECRET if secret else None))
+    return len(encode_frame(kind, meta, values, codec, auth=FrameAuth.device(_SECRET) if secret else None))
 
 
 def request_overhead(values: tuple[Any, ...], codec: Codec, payload_bytes: int, secret: bool = False) -> int:

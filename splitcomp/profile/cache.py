@@ -1,4 +1,9 @@
-"""Profile cache: JSON files named by a hash of everything the measured times depend on."""
+"""Profile cache: JSON files named by a hash of everything the measured times depend on.
+
+Cache format 2 (``cache_format`` in the file): the profiles carry their measurement record (the
+machine's load, re-measured cuts, the check's findings). Files of format 1 predate the check and
+are measured again.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,12 @@ import torch
 from torch import nn
 
 from splitcomp.errors import ConfigError
-from splitcomp.profile.latency import Profiles
+from splitcomp.files import atomic_write_text
+from splitcomp.profile.measured import MeasuredProfiles
 
 log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 2
 
 
 def _update(digest: Any, tensor: torch.Tensor) -> None:
@@ -77,15 +85,34 @@ def cache_path(cache_dir: str | Path, key: Mapping[str, Any]) -> Path:
     return Path(cache_dir) / f"profiles-{digest_of(key)}.json"
 
 
-def load_cached(cache_dir: str | Path | None, key: Mapping[str, Any]) -> Profiles | None:
-    """The cached profiles for ``key``, or None (no cache dir, no file, unreadable file, other key)."""
+def _cache_format(text: str) -> Any:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data.get("cache_format", 1) if isinstance(data, dict) else None
+
+
+def load_cached(cache_dir: str | Path | None, key: Mapping[str, Any]) -> MeasuredProfiles | None:
+    """The cached profiles for ``key``, or None (no cache dir, no file, unreadable file, a file of an
+    older cache format, other key). The caller checks the numbers before using them."""
     if cache_dir is None:
         return None
     path = cache_path(cache_dir, key)
     if not path.is_file():
         return None
     try:
-        profiles = Profiles.load(path)
+        text = path.read_text()
+    except OSError as exc:
+        log.warning("ignoring unreadable profile cache %s: %s", path, exc.strerror)
+        return None
+    version = _cache_format(text)
+    if version is not None and version != CACHE_FORMAT:
+        log.info("profile cache %s has format %s, not %s (measured before profiles were checked): measuring again",
+                 path, version, CACHE_FORMAT)
+        return None
+    try:
+        profiles = MeasuredProfiles.from_json(text)
     except ConfigError as exc:
         log.warning("ignoring unreadable profile cache %s: %s", path, exc)
         return None
@@ -96,7 +123,8 @@ def load_cached(cache_dir: str | Path | None, key: Mapping[str, Any]) -> Profile
     return profiles
 
 
-def store(cache_dir: str | Path | None, profiles: Profiles) -> Path | None:
+def store(cache_dir: str | Path | None, profiles: MeasuredProfiles) -> Path | None:
     if cache_dir is None:
         return None
-    return profiles.save(cache_path(cache_dir, profiles.key))
+    data = {"cache_format": CACHE_FORMAT, **json.loads(profiles.to_json())}
+    return atomic_write_text(cache_path(cache_dir, profiles.key), json.dumps(data, indent=1, allow_nan=False))

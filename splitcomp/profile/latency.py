@@ -149,6 +149,18 @@ class LatencyBreakdown:
 _BREAKDOWN_FIELDS = tuple(f.name for f in fields(LatencyBreakdown))
 
 
+def _check_images(cut: CutProfile, batch: int) -> int:
+    """A request's image count: a positive integer, and above 1 only for a head profiled at several
+    batch sizes (a head timed on one image says nothing about how it scales)."""
+    images = int(batch)
+    if images < 1 or images != batch:
+        raise ConfigError(f"batch={batch!r}: a request carries a positive whole number of images")
+    if images > 1 and len(cut.head_s) < 2:
+        raise ConfigError(f"cut {cut.name!r} has its head profiled at batch size {sorted(cut.head_s)} only; "
+                          "profile the head at several batch sizes to predict batches of images")
+    return images
+
+
 def transfer_s(nbytes: int, rate_bps: float | None) -> float:
     """Seconds to send ``nbytes`` at ``rate_bps``; inf for a missing, zero, negative or NaN rate."""
     if nbytes <= 0:
@@ -182,35 +194,43 @@ class LatencyModel:
         """The configured RTT, or twice the one-way delay when no RTT is given."""
         return self.rtt_s if self.rtt_s > 0 else 2.0 * self.one_way_delay_s
 
-    def server_terms(self, cut: CutProfile, load: ServerLoad) -> tuple[float, float]:
-        """(queue_s, server_s) under ``load``: the tail runs in a batch of ``load.batch_size``; without
-        a known queueing delay, each ``batch_size`` requests queued ahead cost one such batch."""
-        batch = max(1, int(load.batch_size))
+    def server_terms(self, cut: CutProfile, load: ServerLoad, images: int = 1) -> tuple[float, float]:
+        """(queue_s, server_s) under ``load``: the tail runs in a batch of ``load.batch_size`` (plus
+        ``images - 1`` when the request carries several images); without a known queueing delay,
+        each batch of requests queued ahead costs one such batch."""
+        batch = max(1, int(load.batch_size)) + images - 1
         server_s = cut.tail_at(batch) * float(load.slowdown)
         queue_s = float(load.queue_s)
         if queue_s <= 0 and load.queue_len > 0:
             queue_s = math.ceil(load.queue_len / batch) * server_s
         return queue_s, server_s
 
-    def request_bytes(self, cut: CutProfile) -> int:
-        """Bytes of the request frame of ``cut`` on the wire (0 for device-only)."""
-        return 0 if cut.is_device_only else self.frames.request_bytes(cut.name, cut.bytes_up)
+    def request_bytes(self, cut: CutProfile, images: int = 1) -> int:
+        """Bytes of the request frame of ``cut`` carrying ``images`` images (0 for device-only)."""
+        return 0 if cut.is_device_only else self.frames.request_bytes(cut.name, images * cut.bytes_up)
 
-    def answer_bytes(self, cut: CutProfile) -> int:
+    def answer_bytes(self, cut: CutProfile, images: int = 1) -> int:
         """Bytes of the answer frame to a request at ``cut`` (0 for device-only)."""
-        return 0 if cut.is_device_only else self.frames.answer_bytes(cut.bytes_down)
+        return 0 if cut.is_device_only else self.frames.answer_bytes(images * cut.bytes_down)
 
     def predict(self, cut: CutProfile, rate_up_bps: float | None, rate_down_bps: float | None = None,
-                load: ServerLoad | None = None, rtt_s: float | None = None) -> LatencyBreakdown:
-        """Latency predicted from data-rate estimates (bit/s)."""
-        head_s = cut.head_at(1)
+                load: ServerLoad | None = None, rtt_s: float | None = None, batch: int = 1) -> LatencyBreakdown:
+        """Latency predicted from data-rate estimates (bit/s).
+
+        ``batch`` images travel as one request (the batch semantics of Bakhtiarnia et al.): the
+        device computes the head on all of them (the head time profiled at that batch size),
+        encodes them, sends their payloads in one frame, and the server decodes them and computes
+        the tail on them together (with ``load.batch_size - 1`` other requests' images); the
+        response carries ``batch`` outputs. ``batch=1`` is a single image."""
+        images = _check_images(cut, batch)
+        head_s = cut.head_at(images)
         if cut.is_device_only:
             return LatencyBreakdown(device_s=head_s, total_s=head_s + self.overhead_s)
-        queue_s, server_s = self.server_terms(cut, load or ServerLoad())
+        queue_s, server_s = self.server_terms(cut, load or ServerLoad(), images)
         down_rate = rate_up_bps if rate_down_bps is None else rate_down_bps
-        return self._assemble(cut, head_s, transfer_s(self.request_bytes(cut), rate_up_bps),
+        return self._assemble(cut, head_s, transfer_s(self.request_bytes(cut, images), rate_up_bps),
                               self.default_rtt_s() if rtt_s is None else float(rtt_s), queue_s, server_s,
-                              transfer_s(self.answer_bytes(cut), down_rate))
+                              transfer_s(self.answer_bytes(cut, images), down_rate), images)
 
     def predict_on_trace(self, cut: CutProfile, uplink: Trace, t0: float, downlink: Trace | None = None,
                          load: ServerLoad | None = None, rtt_s: float | None = None) -> LatencyBreakdown:
@@ -238,14 +258,14 @@ class LatencyModel:
         return self._assemble(cut, head_s, uplink_s, float(rtt_s), queue_s, server_s, downlink_s)
 
     def predict_all(self, rate_up_bps: float | None, rate_down_bps: float | None = None,
-                    load: ServerLoad | None = None, rtt_s: float | None = None) -> list[LatencyBreakdown]:
+                    load: ServerLoad | None = None, rtt_s: float | None = None, batch: int = 1) -> list[LatencyBreakdown]:
         """``predict`` for every profiled cut, in plan order."""
-        return [self.predict(cut, rate_up_bps, rate_down_bps, load, rtt_s) for cut in self.profiles.cuts]
+        return [self.predict(cut, rate_up_bps, rate_down_bps, load, rtt_s, batch) for cut in self.profiles.cuts]
 
     def _assemble(self, cut: CutProfile, head_s: float, uplink_s: float, rtt_s: float, queue_s: float,
-                  server_s: float, downlink_s: float) -> LatencyBreakdown:
-        total = (head_s + cut.encode_s + uplink_s + rtt_s + queue_s + server_s + cut.decode_s + downlink_s
-                 + self.overhead_s)
-        return LatencyBreakdown(device_s=head_s, encode_s=cut.encode_s, uplink_s=uplink_s, rtt_s=rtt_s,
-                                queue_s=queue_s, server_s=server_s, decode_s=cut.decode_s, downlink_s=downlink_s,
-                                total_s=total)
+                  server_s: float, downlink_s: float, images: int = 1) -> LatencyBreakdown:
+        parts = LatencyBreakdown(device_s=head_s, encode_s=images * cut.encode_s, uplink_s=uplink_s, rtt_s=rtt_s,
+                                 queue_s=queue_s, server_s=server_s, decode_s=images * cut.decode_s,
+                                 downlink_s=downlink_s)
+        parts.total_s = sum(v for k, v in parts.as_dict().items() if k != "total_s") + self.overhead_s
+        return parts

@@ -1,6 +1,7 @@
 """Measuring every candidate cut: device head time (device threads, slowdown), codec encode/decode
 time and bytes on the real head output, and server tail time per batch size (server threads and
-torch device). Results are cached on disk by :mod:`splitcomp.profile.cache`."""
+torch device). :func:`get_profiles` checks the times (:mod:`splitcomp.profile.check`), re-measures
+outliers, records the machine's load, and caches them on disk (:mod:`splitcomp.profile.cache`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -19,7 +20,10 @@ from tqdm.auto import tqdm
 from splitcomp.errors import ConfigError
 from splitcomp.link.codecs import Codec, EncodedTensor, decode
 from splitcomp.profile import cache
+from splitcomp.profile.check import CheckLimits, ProfileCheckError, check_profiles, refusal, suspects, worst
 from splitcomp.profile.latency import CutProfile, Profiles
+from splitcomp.profile.machine import LoadWatch
+from splitcomp.profile.measured import MeasuredProfiles, Measurement
 from splitcomp.profile.timing import check_slowdown, measure, median_and_spread, pinned, torch_threads
 
 log = logging.getLogger(__name__)
@@ -203,25 +207,131 @@ def profile_key(model: nn.Module, example_input: torch.Tensor, codec: Codec, can
     }
 
 
+@dataclass(frozen=True)
+class ProfileSettings:
+    """The ``profile`` config group, checked (see conf/profile/default.yaml)."""
+
+    batch_sizes: list[int]
+    warmup: int = 1
+    repeats: int = 5
+    cache_dir: str | None = "outputs/profiles"
+    force: bool = False  # measure even when the cache holds profiles for this key
+    check: bool = True  # refuse profiles that fail their check (False: use them, with a warning)
+    remeasure: int = 2  # rounds of re-measuring flagged cuts, each with twice the repeats of the last
+    limits: CheckLimits = CheckLimits()
+    warn_load: float = 0.5  # warn when other processes kept more cores than this busy while measuring
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> ProfileSettings:
+        remeasure = int(cfg.get("remeasure", cls.remeasure))
+        if remeasure < 0:
+            raise ConfigError(f"profile.remeasure={remeasure}; use 0 (never re-measure) or more rounds")
+        cache_dir = cfg.get("cache_dir", cls.cache_dir)
+        return cls(batch_sizes=check_batch_sizes(cfg.get("batch_sizes")), warmup=int(cfg.get("warmup", cls.warmup)),
+                   repeats=int(cfg.get("repeats", cls.repeats)), cache_dir=None if cache_dir is None else str(cache_dir),
+                   force=bool(cfg.get("force", cls.force)), check=bool(cfg.get("check", cls.check)),
+                   remeasure=remeasure, limits=CheckLimits.from_cfg(cfg),
+                   warn_load=float(cfg.get("warn_load", cls.warn_load)))
+
+
 def get_profiles(model: nn.Module, plan: Any, example_input: torch.Tensor, codec: Codec,
                  device_cfg: Mapping[str, Any], server_cfg: Mapping[str, Any], profile_cfg: Mapping[str, Any],
-                 progress: bool = True) -> Profiles:
-    """Profiles of ``plan.candidates``, from the cache (``profile_cfg.cache_dir``) when the model
-    weights, input, codec, threads, slowdown, batch sizes, devices and torch version all match,
-    else measured and cached. ``profile_cfg.cache_dir: null`` turns caching off."""
-    sizes = check_batch_sizes(profile_cfg.get("batch_sizes"))
-    warmup, repeats = int(profile_cfg.get("warmup", 1)), int(profile_cfg.get("repeats", 5))
-    cache_dir = profile_cfg.get("cache_dir", "outputs/profiles")
+                 progress: bool = True) -> MeasuredProfiles:
+    """Checked profiles of ``plan.candidates``: from the cache (``profile_cfg.cache_dir``) when the
+    model weights, input, codec, threads, slowdown, batch sizes, devices and torch version all match
+    and the cached times pass the check, else measured, checked (outliers re-measured) and cached.
+    ``profile_cfg.cache_dir: null`` turns caching off, ``force: true`` measures anyway.
+
+    Raises :class:`~splitcomp.profile.check.ProfileCheckError` (a ConfigError) when the measured
+    times still fail the check after ``profile_cfg.remeasure`` rounds, unless ``check`` is false.
+    """
+    settings = ProfileSettings.from_cfg(profile_cfg)
+    device, server = device_side(device_cfg), server_side(server_cfg)
     candidates = list(plan.candidates)
-    key = profile_key(model, example_input, codec, candidates, device_side(device_cfg), server_side(server_cfg),
-                      sizes, warmup, repeats)
-    cached = cache.load_cached(cache_dir, key)
+    key = profile_key(model, example_input, codec, candidates, device, server, settings.batch_sizes,
+                      settings.warmup, settings.repeats)
+    cached = None if settings.force else cached_profiles(settings, key, device.slowdown)
     if cached is not None:
-        log.info("profiles from cache %s", cached.source)
         return cached
-    profiles = profile_plan(plan, example_input, codec, device_cfg, server_cfg, sizes, warmup, repeats,
-                            candidates=candidates, key=key, progress=progress)
-    path = cache.store(cache_dir, profiles)
+    profiles = measure_checked(plan, example_input, codec, device_cfg, server_cfg, settings, candidates, key,
+                               progress)
+    path = cache.store(settings.cache_dir, profiles)
     if path is not None:
         log.info("profiles cached at %s", path)
     return profiles
+
+
+def cached_profiles(settings: ProfileSettings, key: Mapping[str, Any], slowdown: float) -> MeasuredProfiles | None:
+    """The cached profiles for ``key`` if they pass the check (or ``check`` is off), else None."""
+    cached = cache.load_cached(settings.cache_dir, key)
+    if cached is None:
+        return None
+    if cached.measurement is None:
+        log.info("profile cache %s has no measurement record: measuring again", cached.source)
+        return None
+    problems = check_profiles(cached, settings.limits, slowdown)
+    if problems and settings.check:
+        log.warning("cached profiles %s fail the %s check (%s): measuring again", cached.source,
+                    worst(problems).check, worst(problems).text)
+        return None
+    if problems:
+        log.warning("using cached profiles %s that fail the %s check because profile.check=false: %s",
+                    cached.source, worst(problems).check, worst(problems).text)
+    else:
+        log.info("profiles from cache %s", cached.source)
+    warn_if_busy(cached.measurement, settings.warn_load)
+    return cached
+
+
+def measure_checked(plan: Any, example_input: torch.Tensor, codec: Codec, device_cfg: Mapping[str, Any],
+                    server_cfg: Mapping[str, Any], settings: ProfileSettings, candidates: Sequence[Any],
+                    key: Mapping[str, Any], progress: bool = True) -> MeasuredProfiles:
+    """Measure every candidate, then re-measure the cuts the check flags (at most ``settings.remeasure``
+    rounds, doubling the repeats each round) while recording the machine's load."""
+    slowdown = device_side(device_cfg).slowdown
+    rounds: list[list[str]] = []
+
+    def measure_cuts(cuts: Sequence[Any], repeats: int, show: bool) -> Profiles:
+        return profile_plan(plan, example_input, codec, device_cfg, server_cfg, settings.batch_sizes,
+                            settings.warmup, repeats, candidates=cuts, key=key, progress=show)
+
+    with LoadWatch() as watch:
+        profiles = measure_cuts(candidates, settings.repeats, progress)
+        problems = check_profiles(profiles, settings.limits, slowdown)
+        while problems and settings.check and len(rounds) < settings.remeasure:
+            names = suspects(problems)
+            again = [c for c in candidates if c.name in names]
+            repeats = settings.repeats * 2 ** (len(rounds) + 1)
+            log.info("re-measuring cut(s) %s with %d repeats: %s", ", ".join(c.name for c in again), repeats,
+                     worst(problems).text)
+            profiles = replace_cuts(profiles, measure_cuts(again, repeats, False).cuts)
+            rounds.append([c.name for c in again])
+            problems = check_profiles(profiles, settings.limits, slowdown)
+    measurement = Measurement(load=watch.load, remeasured=rounds, problems=[p.text for p in problems],
+                              checked=settings.check)
+    measured = MeasuredProfiles(key=profiles.key, cuts=profiles.cuts, measurement=measurement)
+    warn_if_busy(measurement, settings.warn_load)
+    if problems and settings.check:
+        raise ProfileCheckError(refusal(problems, len(rounds), busy_note(measurement, settings.warn_load)), measured)
+    if problems:
+        log.warning("using profiles that fail the %s check because profile.check=false: %s", worst(problems).check,
+                    worst(problems).text)
+    return measured
+
+
+def replace_cuts(profiles: Profiles, new_cuts: Sequence[CutProfile]) -> Profiles:
+    """``profiles`` with the cuts of the same names replaced by ``new_cuts``."""
+    by_name = {cut.name: cut for cut in new_cuts}
+    return replace(profiles, cuts=[by_name.get(cut.name, cut) for cut in profiles.cuts])
+
+
+def busy_note(measurement: Measurement, warn_load: float) -> str:
+    """"" on a quiet machine, else a clause on how busy it was while measuring."""
+    return measurement.load.describe() if measurement.load.is_busy(warn_load) else ""
+
+
+def warn_if_busy(measurement: Measurement, warn_load: float) -> None:
+    note = busy_note(measurement, warn_load)
+    if note:
+        log.warning("profiles measured on a busy machine at %s: %s, so their times may be too long; re-measure "
+                    "on a quiet machine with `splitcomp-profile profile.force=true`", measurement.measured_at, note)

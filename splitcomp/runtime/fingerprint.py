@@ -23,11 +23,16 @@ def model_fingerprint(model: nn.Module, input_shape: tuple[int, ...], input_dtyp
     }
 
 
-def describe_mismatch(mine: dict[str, str], theirs: dict[str, Any]) -> str | None:
-    """None when the fingerprints agree, else one sentence naming what differs."""
+def describe_mismatch(mine: dict[str, str], theirs: dict[str, Any], disclose: bool = False) -> str | None:
+    """None when the fingerprints agree, else one sentence naming what differs. The server's own
+    values appear only with ``disclose`` (an authenticated peer): to anyone else they would be
+    the very thing that passes the handshake of a server without a secret."""
     differing = [key for key in mine if theirs.get(key) != mine[key]]
     if not differing:
         return None
-    parts = ", ".join(f"{key} (server {mine[key]!r}, device {theirs.get(key)!r})" for key in differing)
+    if disclose:
+        parts = ", ".join(f"{key} (server {mine[key]!r}, device {theirs.get(key)!r})" for key in differing)
+    else:
+        parts = ", ".join(differing)
     return (f"device and server hold different models: {parts}; start both with the same model, "
             "weights, dataset.image_size and codec")

@@ -33,7 +33,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
             raise PeerError(f"port {port} on {host} is already in use; pick another with server.port=N "
                             "(0 picks a free one)") from None
         raise PeerError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check server.host") from None
-    listener.listen(64)
+    listener.listen(socket.SOMAXCONN)  # a burst of devices (or of hostile connections) is accepted, then judged
     return listener
 
 
@@ -75,7 +75,8 @@ class ServerProcess:
                    "--config-path", str(self.config_file.parent.resolve()),
                    "--config-name", self.config_file.stem,
                    f"hydra.run.dir={self.work_dir.resolve()}", "hydra.output_subdir=null",
-                   f"++server.ready_file={ready.resolve()}", *self.extra_overrides]
+                   f"++server.ready_file={ready.resolve()}", f"++server.run_pid={os.getpid()}",
+                   *self.extra_overrides]
         log_file = open(self.work_dir / "server.log", "ab")  # noqa: SIM115 (kept open for the child)
         self.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)

@@ -3,6 +3,14 @@
 One thread per connection reads and validates frames; a single compute thread runs the tails in
 arrival order, so concurrent clients queue for the accelerator exactly as they would on a real
 edge server, and the queue length the server reports is real.
+
+Every peer is presumed hostile until its frames prove otherwise, and after that too: a
+connection takes a slot at accept (in all and per address), must finish TLS and HELLO within
+``handshake_timeout_s``, every frame within ``io_timeout_s`` plus its payload at
+``min_rate_bps``, and is closed after ``idle_timeout_s`` without a frame. A request's items are
+checked against its cut and the agreed codec before its payload is read; payload bytes come out
+of one server-wide budget. Any error in a frame becomes an ERROR frame, a count in
+``rejected_frames`` and at most one log line, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,25 +30,47 @@ from typing import Any
 import torch
 
 from splitcomp.errors import PeerError
-from splitcomp.link.codecs import RawCodec
+from splitcomp.link.auth import FrameAuth, new_nonce, session_key
+from splitcomp.link.budget import ByteBudget
+from splitcomp.link.codecs import Codec, RawCodec
 from splitcomp.link.frame_bytes import answer_meta, probe_ack_meta
 from splitcomp.link.shaping import LinkTimeout
-from splitcomp.link.wire import Frame, Kind, Limits, encode_frame, read_frame
+from splitcomp.link.wire import (
+    ConnectionClosed,
+    Frame,
+    FrameError,
+    FrameReader,
+    IdleTimeout,
+    ItemSpec,
+    Kind,
+    Limits,
+    Timeouts,
+    encode_frame,
+)
 from splitcomp.profile.timing import precise_sleep
 from splitcomp.records import ServerReport
+from splitcomp.runtime.admission import ConnectionSlots, Throttle
 from splitcomp.runtime.fingerprint import describe_mismatch
+from splitcomp.runtime.handshake import Hello, ModelMismatch, RequestMeta, Welcome
 from splitcomp.runtime.tails import TailBank
 
 log = logging.getLogger("splitcomp.server")
 
+_MAX_ERROR_CHARS = 400
 RECENT_QUEUE_WEIGHT = 0.2  # EWMA weight of the newest job's queueing delay (reported to probes)
 
 
 @dataclass
 class ServerSettings:
-    io_timeout_s: float = 30.0
+    io_timeout_s: float = 30.0          # a frame must arrive within this, plus its payload at min_rate_bps
+    handshake_timeout_s: float = 5.0    # TLS and HELLO together, from accept
+    idle_timeout_s: float = 600.0       # a connection without a frame for this long is closed
+    min_rate_bps: float = 1e6
     max_batch: int = 64
-    max_clients: int = 64
+    max_clients: int = 256
+    max_clients_per_address: int = 64
+    max_inflight_bytes: int = 512 << 20  # payload (and decoded) bytes held for frames in flight, all peers
+    max_probe_bytes: int = 16 << 20
     secret: bytes | None = None
     limits: Limits = field(default_factory=Limits)
     tls: ssl.SSLContext | None = None
@@ -54,6 +84,17 @@ class Job:
     enqueued: float
     queue_len: int
     future: Future = field(default_factory=Future)
+
+
+@dataclass
+class Connection:
+    """One peer's socket, its frame reader and MAC state, and what its handshake settled."""
+
+    sock: socket.socket
+    reader: FrameReader
+    auth: FrameAuth | None
+    established: bool = False   # WELCOME sent: from here on even ERROR frames are authenticated
+    downlink: Any = None
 
 
 class LoadEffects:
@@ -87,22 +128,35 @@ def batched(values: tuple[Any, ...], batch: int, copies: int) -> tuple[Any, ...]
 
 
 class EdgeServer:
+    """``codec``: the codec the device encodes with (part of the fingerprint); requests may use it
+    or raw, nothing else."""
+
     def __init__(self, tails: TailBank, fingerprint: dict[str, str], load: LoadEffects | None = None,
                  downlink_pacer_factory: Callable[[float], tuple[Any, Any]] | None = None,
-                 settings: ServerSettings | None = None) -> None:
+                 settings: ServerSettings | None = None, codec: Codec | None = None) -> None:
         self.tails = tails
         self.fingerprint = fingerprint
         self.load = load or LoadEffects()
         self.downlink_pacer_factory = downlink_pacer_factory
         self.settings = settings or ServerSettings()
+        self.codecs = frozenset({RawCodec.name, (codec or RawCodec()).name})
+        self.slots = ConnectionSlots(self.settings.max_clients, self.settings.max_clients_per_address)
+        self.budget = ByteBudget(self.settings.max_inflight_bytes)
+        self.frame_timeouts = Timeouts(idle_s=self.settings.idle_timeout_s, frame_s=self.settings.io_timeout_s,
+                                       min_rate_bps=self.settings.min_rate_bps)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.stop_event = threading.Event()
-        self.clients = 0
         self.served = 0
         self.rejected_frames = 0
         self.recent_queue_s = 0.0  # recent mean queueing delay over every client's jobs
+        self.turned_away = 0
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._throttle = Throttle()
+
+    @property
+    def clients(self) -> int:
+        """Connections holding a slot now."""
+        return self.slots.total
 
     # --- lifecycle --------------------------------------------------------------------------
     def serve_forever(self, listener: socket.socket) -> None:
@@ -117,12 +171,11 @@ class EdgeServer:
                 continue
             except OSError:
                 break
-            if self.clients >= self.settings.max_clients:
-                log.warning("refusing %s: %d clients already connected", addr, self.clients)
-                conn.close()
+            refusal = self.slots.take(addr[0])
+            if refusal is not None:
+                self._turn_away(conn, refusal)
                 continue
-            thread = threading.Thread(target=self._handle_client, args=(conn, addr), daemon=True)
-            thread.start()
+            threading.Thread(target=self._serve_connection, args=(conn, addr), daemon=True).start()
         self.jobs.put(None)
         worker.join(timeout=5)
 
@@ -130,106 +183,141 @@ class EdgeServer:
         self.stop_event.set()
 
     # --- per connection ---------------------------------------------------------------------
-    def _handle_client(self, conn: socket.socket, addr: Any) -> None:
+    def _turn_away(self, conn: socket.socket, reason: str) -> None:
+        """Refuse a connection for want of a slot: one ERROR frame if it fits at once, then close."""
         with self._lock:
-            self.clients += 1
-        conn.settimeout(self.settings.io_timeout_s)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.turned_away += 1
+        self._warn("full", "turning connections away: %s", reason)
         try:
+            if self.settings.tls is None:
+                conn.setblocking(False)
+                conn.send(encode_frame(Kind.ERROR, {"error": f"{reason}; retry later", "code": "busy"}))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _serve_connection(self, conn: socket.socket, addr: Any) -> None:
+        deadline = time.monotonic() + self.settings.handshake_timeout_s
+        connection, refused = None, False
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.settings.tls is not None:
+                conn.settimeout(self.settings.handshake_timeout_s)  # the whole TLS handshake
                 conn = self.settings.tls.wrap_socket(conn, server_side=True)
-            downlink = self._handshake(conn)
+            auth = FrameAuth.server(self.settings.secret) if self.settings.secret else None
+            connection = Connection(conn, FrameReader(conn, self.settings.limits, auth, self.budget), auth)
+            self._handshake(connection, deadline)
             while not self.stop_event.is_set():
-                frame = self._read(conn)
-                if frame is None:
-                    break
-                self._answer(conn, frame, downlink)
+                frame = connection.reader.read(allowed=(Kind.REQUEST, Kind.PROBE), check=self._check_header,
+                                               timeouts=self.frame_timeouts)
+                try:
+                    self._answer(connection, frame)
+                finally:
+                    frame.release()
+        except (ConnectionClosed, IdleTimeout) as exc:
+            log.debug("client %s: %s", addr, exc)
         except LinkTimeout as exc:  # an answer stuck in the shaped downlink: the stream is mid-message
             log.info("client %s: answer abandoned (%s)", addr, exc)
         except PeerError as exc:
-            self._refuse(conn, str(exc))
-        except OSError as exc:
-            log.info("client %s dropped: %s", addr, exc)
+            refused = self._reject(connection, conn, str(exc), getattr(exc, "code", "refused"))
+        except OSError as exc:  # reset, TLS failure, a send that timed out
+            log.debug("client %s dropped: %s", addr, exc)
+        except Exception as exc:  # noqa: BLE001 (a frame must never end the server or leave a traceback)
+            refused = self._reject(connection, conn, f"the server failed on this frame ({type(exc).__name__})",
+                                   "internal")
+            self._warn("internal", "client %s: %s: %s", addr, type(exc).__name__, exc)
         finally:
-            conn.close()
-            with self._lock:
-                self.clients -= 1
+            if refused:
+                _close_gracefully(conn)
+            else:
+                conn.close()
+            self.slots.give_back(addr[0])
 
-    def _read(self, conn: socket.socket) -> Frame | None:
-        try:
-            return read_frame(conn, self.settings.limits, self.settings.secret)
-        except PeerError as exc:
-            if "closed the connection after 0 of" in str(exc):
-                return None  # clean disconnect between frames
-            with self._lock:
-                self.rejected_frames += 1
-            raise
-
-    def _handshake(self, conn: socket.socket) -> Any:
-        frame = self._read(conn)
-        if frame is None:
-            raise OSError("client left before the handshake")
-        if frame.kind is not Kind.HELLO:
-            raise PeerError("the first frame must be HELLO")
-        mismatch = describe_mismatch(self.fingerprint, frame.meta.get("fingerprint") or {})
+    def _handshake(self, connection: Connection, deadline: float) -> None:
+        """HELLO in, WELCOME out, all by ``deadline`` (counted from accept, TLS included)."""
+        frame = connection.reader.read(allowed=(Kind.HELLO,), timeouts=Timeouts(idle_s=None, frame_s=None),
+                                       deadline=deadline)
+        hello = Hello.parse(frame.meta)
+        mismatch = describe_mismatch(self.fingerprint, hello.fingerprint, disclose=connection.auth is not None)
         if mismatch:
-            raise PeerError(mismatch)
-        origin = frame.meta.get("clock_origin")
-        origin = float(origin) if isinstance(origin, (int, float)) else time.time()
-        self._send(conn, encode_frame(Kind.WELCOME, {"cuts": self.tails.n_cuts,
-                                                    "device": str(self.tails.device)},
-                                      secret=self.settings.secret))
-        if self.downlink_pacer_factory is None or frame.meta.get("link") == "unshaped":
-            return None  # background clients load the server, not the device's link
-        return self.downlink_pacer_factory(origin)
+            raise ModelMismatch(mismatch)
+        welcome = Welcome(self.tails.n_cuts, str(self.tails.device), new_nonce(), hello.nonce)
+        connection.sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+        self._send(connection, encode_frame(Kind.WELCOME, welcome.meta(), auth=connection.auth))
+        if connection.auth is not None:
+            connection.auth.use_session_key(session_key(self.settings.secret, hello.nonce, welcome.nonce))
+        connection.established = True
+        if self.downlink_pacer_factory is not None and hello.shaped:  # background clients: no device link
+            connection.downlink = self.downlink_pacer_factory(hello.clock_origin)
 
-    def _send_response(self, conn: socket.socket, data: bytes, downlink: Any) -> None:
-        """Send on the downlink: paced by the link's trace when the link shapes it."""
-        if downlink is None:
-            self._send(conn, data)
-        else:
-            pacer, clock = downlink
-            pacer.send(conn, data, clock)
-
-    def _answer(self, conn: socket.socket, frame: Frame, downlink: Any) -> None:
-        received = time.perf_counter()
-        if frame.kind is Kind.PROBE:  # acknowledged over the downlink, with the load a request would meet now
-            report = self._load_now(frame.meta.get("t"))
-            ack = encode_frame(Kind.PROBE_ACK, probe_ack_meta(report, frame.payload_bytes), secret=self.settings.secret)
-            self._send_response(conn, ack, downlink)
+    def _check_header(self, kind: Kind, meta: dict[str, Any], items: list[Any]) -> None:
+        """A frame's header against what this server takes, before its payload is read."""
+        if kind is Kind.PROBE:
+            filler = items[0] if len(items) == 1 else None
+            if not isinstance(filler, ItemSpec) or filler.codec != RawCodec.name or filler.dtype != "uint8" \
+                    or len(filler.shape) != 1 or filler.nbytes > self.settings.max_probe_bytes:
+                raise FrameError(f"a PROBE carries one raw uint8 vector of at most "
+                                 f"{self.settings.max_probe_bytes} bytes")
             return
-        if frame.kind is not Kind.REQUEST:
-            raise PeerError(f"unexpected {frame.kind.name} frame")
-        meta = frame.meta
-        cut_index = meta.get("cut")
-        tail, signature = self.tails.get(cut_index)
+        request = RequestMeta.parse(meta)
+        _, signature = self.tails.get(request.cut)
+        signature.check_items(items, self.codecs, self.settings.max_batch)
+
+    def _answer(self, connection: Connection, frame: Frame) -> None:
+        received = time.perf_counter()
+        connection.sock.settimeout(self.settings.io_timeout_s)
+        if frame.kind is Kind.PROBE:
+            # acknowledged over the downlink, with the load a request would meet now
+            report = self._load_now(frame.meta.get("t"))
+            self._send(connection, encode_frame(Kind.PROBE_ACK, probe_ack_meta(report, frame.payload_bytes),
+                                                auth=connection.auth), paced=True)
+            return
+        request = RequestMeta.parse(frame.meta)
+        _, signature = self.tails.get(request.cut)
         t0 = time.perf_counter()
         try:
             values = frame.values()
         except ValueError as exc:
-            raise PeerError(f"cannot decode the request: {exc}") from None
+            raise FrameError(f"cannot decode the request: {exc}") from None
         decode_s = time.perf_counter() - t0
         batch = signature.check(values, self.settings.max_batch)
-        t_scenario = meta.get("t") if isinstance(meta.get("t"), (int, float)) else 0.0
-        job = Job(cut_index, values, float(t_scenario), time.perf_counter(), self.jobs.qsize())
+        job = Job(request.cut, values, request.t, time.perf_counter(), self.jobs.qsize())
         self.jobs.put(job)
         logits, report = job.future.result()
         report = dataclasses.replace(report, decode_s=decode_s, handled_s=time.perf_counter() - received)
-        response = encode_frame(Kind.RESPONSE, answer_meta(report, meta.get("request")), [logits], RawCodec(),
-                                secret=self.settings.secret)
-        self._send_response(conn, response, downlink)
-        log.debug("answered request %s at cut %d (batch %d)", meta.get("request"), cut_index, batch)
+        response = encode_frame(Kind.RESPONSE, answer_meta(report, request.request), [logits], RawCodec(),
+                                auth=connection.auth)
+        self._send(connection, response, paced=True)
+        log.debug("answered request %s at cut %d (batch %d)", request.request, request.cut, batch)
 
-    def _send(self, conn: socket.socket, data: bytes) -> None:
-        conn.sendall(data)
+    def _send(self, connection: Connection, data: bytes, paced: bool = False) -> None:
+        """Send one encoded frame (on the paced downlink when the link shapes it)."""
+        if paced and connection.downlink is not None:
+            pacer, clock = connection.downlink
+            pacer.send(connection.sock, data, clock)
+        else:
+            connection.sock.sendall(data)
+        if connection.auth is not None:
+            connection.auth.sent()
 
-    def _refuse(self, conn: socket.socket, message: str) -> None:
-        log.warning("refusing a client: %s", message)
+    def _reject(self, connection: Connection | None, sock: socket.socket, message: str, code: str) -> bool:
+        """Count the frame, say why in an ERROR frame (authenticated once the session exists);
+        returns whether the ERROR frame went out."""
+        with self._lock:
+            self.rejected_frames += 1
+        self._warn(code, "refusing a client: %s", message)
+        auth = connection.auth if connection is not None and connection.established else None
         try:
-            conn.settimeout(1.0)
-            conn.sendall(encode_frame(Kind.ERROR, {"error": message}, secret=self.settings.secret))
-        except OSError:
-            pass
+            sock.settimeout(1.0)
+            sock.sendall(encode_frame(Kind.ERROR, {"error": message[:_MAX_ERROR_CHARS], "code": code}, auth=auth))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def _warn(self, key: str, message: str, *args: Any) -> None:
+        """A warning at most every few seconds per kind; the rest at debug level."""
+        log.log(logging.WARNING if self._throttle.allow(key) else logging.DEBUG, message, *args)
 
     # --- compute ----------------------------------------------------------------------------
     def _compute_loop(self) -> None:
@@ -273,3 +361,23 @@ class EdgeServer:
         report = ServerReport(batch_size=copies, queue_len=job.queue_len, slowdown=slowdown, queue_s=queue_s,
                               tail_s=tail_s, server_s=server_s)
         return output[:batch].to("cpu").float(), report
+
+
+def _close_gracefully(sock: socket.socket, linger_s: float = 1.0, max_bytes: int = 1 << 20) -> None:
+    """Close after an ERROR frame, draining what the peer still sends (briefly, into a small
+    scratch buffer): closing with unread bytes makes the kernel reset the connection, and the
+    peer would lose the ERROR frame that says what went wrong."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        scratch, drained = bytearray(1 << 16), 0
+        deadline = time.monotonic() + linger_s
+        while drained < max_bytes and (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            n = sock.recv_into(scratch)
+            if not n:
+                break
+            drained += n
+    except (OSError, ValueError):
+        pass
+    finally:
+        sock.close()

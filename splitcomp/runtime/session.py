@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from splitcomp.link.shaping import ScenarioClock
+from splitcomp.redact import save_private_config
 from splitcomp.runtime.background import BackgroundClients
 from splitcomp.runtime.client import EdgeClient, parse_address
 from splitcomp.runtime.device import Device
@@ -33,10 +34,12 @@ class SocketSession:
         self.tls = client_tls(cfg.server)
 
     def connect(self, link: Any = None, unshaped_answers: bool = False) -> EdgeClient:
-        client = EdgeClient(self.host, self.port, self.scenario.work.fingerprint, self.clock,
+        work = self.scenario.work
+        client = EdgeClient(self.host, self.port, work.fingerprint, self.clock,
                             link=self.scenario.link if link is None else link,
                             connect_timeout_s=float(self.cfg.server.connect_timeout_s),
                             io_timeout_s=float(self.cfg.server.io_timeout_s), secret=self.secret, tls=self.tls,
+                            classes=work.plan.cuts[-1].elements // work.example_input.shape[0],
                             unshaped_answers=unshaped_answers)
         client.connect()
         return client
@@ -71,15 +74,15 @@ def launch_server(cfg: DictConfig, link: Any, clock: ScenarioClock, stack: ExitS
                   out_dir: Path) -> ServerProcess | None:
     """Set up the link and launch the edge-server process (None when ``server.address`` names a
     running one). The process loads its model while the device side profiles; all is undone by
-    ``stack``."""
+    ``stack``. The server's config file holds no secret: the process reads it from the same file
+    or inherits the same environment variable."""
+    auth_secret(cfg.server)  # a misplaced or weak secret is one clear error before anything starts
     link.setup(clock)
     stack.callback(link.teardown)
     if cfg.server.get("address"):
         return None
     server_cfg = OmegaConf.merge(cfg, {"server": {"host": link.server_bind_host(), "port": 0}})
-    config_file = out_dir / "server" / "server_config.yaml"
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(server_cfg, config_file)
+    config_file = save_private_config(server_cfg, out_dir / "server" / "server_config.yaml")
     return stack.enter_context(ServerProcess(config_file, out_dir / "server", prefix=link.server_command_prefix()))
 
 

@@ -10,6 +10,14 @@ import torch
 from torch import nn
 
 from splitcomp.errors import PeerError
+from splitcomp.link.codecs import dtype_name
+from splitcomp.link.wire import ItemSpec
+
+
+class RequestMismatch(PeerError):
+    """A request whose items do not fit the cut it names (or use a codec not agreed on)."""
+
+    code = "request"
 
 
 @dataclass(frozen=True)
@@ -25,25 +33,41 @@ class Signature:
 
     def check(self, values: tuple[Any, ...], max_batch: int) -> int:
         """Validate received values; returns their batch size."""
-        if len(values) != len(self.items):
-            raise PeerError(f"expected {len(self.items)} values for this cut, got {len(values)}")
+        return self._check([(dtype_name(v.dtype), tuple(v.shape)) if isinstance(v, torch.Tensor) else None
+                            for v in values], max_batch)
+
+    def check_items(self, items: list[Any], codecs: frozenset[str], max_batch: int) -> int:
+        """Validate a request's declared items (from its header, before its payload is read)
+        against this cut and the agreed ``codecs``; returns their batch size."""
+        for item in items:
+            if isinstance(item, ItemSpec) and item.codec not in codecs:
+                raise RequestMismatch(f"codec {item.codec!r} was not agreed on; this server takes "
+                                      f"{', '.join(sorted(codecs))}")
+        return self._check([(item.dtype, item.shape) if isinstance(item, ItemSpec) else None for item in items],
+                           max_batch)
+
+    def _check(self, received: list[tuple[str, tuple[int, ...]] | None], max_batch: int) -> int:
+        """``received``: per value, (dtype name, shape) of a tensor or None for a plain value."""
+        if len(received) != len(self.items):
+            raise RequestMismatch(f"expected {len(self.items)} values for this cut, got {len(received)}")
         batch = None
-        for value, expected in zip(values, self.items):
+        for value, expected in zip(received, self.items):
             if expected[0] == "value":
-                if isinstance(value, torch.Tensor):
-                    raise PeerError("expected a plain value, got a tensor")
+                if value is not None:
+                    raise RequestMismatch("expected a plain value, got a tensor")
                 continue
-            if not isinstance(value, torch.Tensor) or value.dim() == 0:
-                raise PeerError("expected a batched tensor")
-            if value.dtype != expected[1] or tuple(value.shape[1:]) != expected[2]:
-                raise PeerError(f"tensor {value.dtype} {tuple(value.shape)} does not fit this cut, "
-                                f"which carries {expected[1]} [N, {', '.join(map(str, expected[2]))}]")
-            if batch is not None and value.shape[0] != batch:
-                raise PeerError("tensors of one request disagree on the batch size")
-            batch = value.shape[0]
+            if value is None or len(value[1]) == 0:
+                raise RequestMismatch("expected a batched tensor")
+            dtype, shape = value
+            if dtype != dtype_name(expected[1]) or tuple(shape[1:]) != expected[2]:
+                raise RequestMismatch(f"tensor {dtype} {list(shape)} does not fit this cut, which carries "
+                                      f"{dtype_name(expected[1])} [N, {', '.join(map(str, expected[2]))}]")
+            if batch is not None and shape[0] != batch:
+                raise RequestMismatch("tensors of one request disagree on the batch size")
+            batch = shape[0]
         batch = batch or 1
         if not 1 <= batch <= max_batch:
-            raise PeerError(f"batch size {batch} is outside 1..{max_batch}")
+            raise RequestMismatch(f"batch size {batch} is outside 1..{max_batch}")
         return batch
 
 
@@ -65,8 +89,8 @@ class TailBank:
         return len(self.plan.cuts)
 
     def get(self, cut_index: int) -> tuple[nn.Module, Signature]:
-        if not isinstance(cut_index, int) or not 0 <= cut_index < self.n_cuts:
-            raise PeerError(f"cut {cut_index!r} does not exist; this model has cuts 0..{self.n_cuts - 1}")
+        if not isinstance(cut_index, int) or isinstance(cut_index, bool) or not 0 <= cut_index < self.n_cuts:
+            raise RequestMismatch(f"cut {cut_index!r} does not exist; this model has cuts 0..{self.n_cuts - 1}")
         with self._lock:
             if cut_index not in self._tails:
                 head, tail = self.plan.split(self.plan.cuts[cut_index])

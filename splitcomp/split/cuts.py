@@ -62,6 +62,7 @@ class CutRecord:
     tail_flops: int
     head_param_bytes: int
     tail_param_bytes: int
+    ends_modules: tuple[str, ...] = ()  # modules whose forward ends with the node the cut follows
 
 
 def _target_name(n: fx.Node) -> str:
@@ -109,6 +110,7 @@ def enumerate_cuts(gm: fx.GraphModule, order: GraphOrder, stats: dict[fx.Node, N
     crossings = _crossings(order, positions)
     head_flops, tail_flops = _side_sums(order, positions, _node_flops(order, stats))
     head_params, tail_params = _side_sums(order, positions, _weight_spans(gm, order))
+    ends = module_ends(order)
     records = []
     for i, (k, crossing) in enumerate(zip(positions, crossings)):
         kinds = [stats[v].kind for v in crossing]
@@ -118,8 +120,23 @@ def enumerate_cuts(gm: fx.GraphModule, order: GraphOrder, stats: dict[fx.Node, N
             position=k, name=order.nodes[k].name if k >= 0 else "input", crossing=crossing,
             elements=sum(stats[v].elements for v in crossing), nbytes=sum(stats[v].nbytes for v in crossing),
             tensors=kinds.count(TENSOR), head_flops=head_flops[i], tail_flops=tail_flops[i],
-            head_param_bytes=head_params[i], tail_param_bytes=tail_params[i]))
+            head_param_bytes=head_params[i], tail_param_bytes=tail_params[i], ends_modules=ends.get(k, ())))
     return records
+
+
+def module_ends(order: GraphOrder) -> dict[int, tuple[str, ...]]:
+    """Position -> paths of the modules whose forward ends there: the last computing node the tracer
+    recorded inside each module (``nn_module_stack``), i.e. where the module's output is made."""
+    last: dict[str, int] = {}
+    for n in order.nodes:
+        if n.op not in _CALLS or n in order.static:
+            continue
+        for key, scope in (n.meta.get("nn_module_stack") or {}).items():
+            last[scope[0] if isinstance(scope, tuple) else key] = order.position[n]
+    ends: dict[int, list[str]] = {}
+    for path, position in last.items():
+        ends.setdefault(position, []).append(path)
+    return {position: tuple(paths) for position, paths in ends.items()}
 
 
 def _crossings(order: GraphOrder, positions: list[int]) -> list[tuple[fx.Node, ...]]:

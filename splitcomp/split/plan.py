@@ -14,7 +14,7 @@ from splitcomp.errors import ConfigError
 from splitcomp.link.codecs import Codec, RawCodec
 from splitcomp.split.bottlenecks import BottleneckRule, PaperRule
 from splitcomp.split.cuts import CutRecord, GraphOrder, enumerate_cuts, order_graph
-from splitcomp.split.extract import build_head, build_tail
+from splitcomp.split.extract import build_head, build_segment, build_tail
 from splitcomp.split.graph import trace
 from splitcomp.split.measure import measure
 
@@ -38,6 +38,7 @@ class Cut:
     head_param_bytes: int
     tail_param_bytes: int
     single_tensor: bool  # exactly one tensor crosses (plain values aside)
+    ends_modules: tuple[str, ...] = ()  # paths of the modules whose output this cut sends (outermost first)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +49,8 @@ class SplitPlan:
     and head/tail modules for any cut."""
 
     def __init__(self, gm: fx.GraphModule, order: GraphOrder, records: list[CutRecord], codec: Codec,
-                 rule: BottleneckRule, input_raw_bytes: int, analysis_s: float = 0.0) -> None:
+                 rule: BottleneckRule, input_raw_bytes: int, analysis_s: float = 0.0,
+                 model: nn.Module | None = None) -> None:
         self.graph_module = gm
         self.codec = codec
         self.rule = rule
@@ -57,7 +59,8 @@ class SplitPlan:
         self._order = order
         self._records = records
         self.cuts = [_public_cut(i, record, last=len(records) - 1) for i, record in enumerate(records)]
-        self.natural_bottlenecks = list(rule.select(self.cuts, input_raw_bytes))
+        # the rule sees the model as written (the traced copy keeps used modules only, untyped)
+        self.natural_bottlenecks = list(rule.select(self.cuts, input_raw_bytes, model=model or gm))
         natural = {cut.index for cut in self.natural_bottlenecks}
         self.candidates = [cut for cut in self.cuts if cut.index in natural or cut.index in (0, len(self.cuts) - 1)]
         self._by_name = {cut.name: cut for cut in self.cuts}
@@ -92,6 +95,17 @@ class SplitPlan:
                                    build_tail(self.graph_module, self._order, record.position, record.crossing))
         return self._splits[index]
 
+    def segment(self, start: Cut | str | int, end: Cut | str | int) -> fx.GraphModule:
+        """The part of the model between two cuts: ``segment(values)`` takes the tuple crossing
+        ``start`` (as a head returns it) and returns the tuple crossing ``end``. Chained over
+        consecutive cuts, segments compute the whole model, one stretch at a time."""
+        first, last = self._records[self.cut(start).index], self._records[self.cut(end).index]
+        if first.position >= last.position:
+            raise CutNotFoundError(f"segment from {self.cut(start).name!r} to {self.cut(end).name!r}: "
+                                   "the first cut must come before the second")
+        return build_segment(self.graph_module, self._order, first.position, first.crossing, last.position,
+                             last.crossing)
+
     def __repr__(self) -> str:
         return (f"SplitPlan({type(self.graph_module).__name__}: {len(self.cuts)} cuts, "
                 f"{len(self.natural_bottlenecks)} natural bottlenecks under {self.rule!r} / {self.codec!r})")
@@ -107,7 +121,7 @@ def _public_cut(index: int, record: CutRecord, last: int) -> Cut:
     return Cut(index=index, name=name, crossing=tuple(n.name for n in record.crossing), elements=record.elements,
                bytes=record.nbytes, head_flops=record.head_flops, tail_flops=record.tail_flops,
                head_param_bytes=record.head_param_bytes, tail_param_bytes=record.tail_param_bytes,
-               single_tensor=record.tensors == 1)
+               single_tensor=record.tensors == 1, ends_modules=record.ends_modules)
 
 
 def _as_inputs(example_input: Any) -> tuple[Any, ...]:
@@ -135,4 +149,4 @@ def analyze(model: nn.Module, example_input: Any, codec: Codec | None = None, ru
     stats = measure(gm, inputs, codec)
     order = order_graph(gm.graph)
     records = enumerate_cuts(gm, order, stats)
-    return SplitPlan(gm, order, records, codec, rule, _raw_bytes(inputs), time.perf_counter() - start)
+    return SplitPlan(gm, order, records, codec, rule, _raw_bytes(inputs), time.perf_counter() - start, model=model)

@@ -6,15 +6,15 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from splitcomp.configs import config_dir
 from splitcomp.errors import SplitcompError
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(config_dir())  # Hydra's config_path; users add their own with --config-dir
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,9 +1,12 @@
 """``splitcomp-profile``: measure device-head and server-tail times of every candidate cut.
 
 Writes ``profiles.json`` and ``profiles.png`` to the Hydra output dir and logs them, with one
-metric step per cut, to MLflow. Example::
+metric step per cut and the machine's load while measuring (params ``profile_load.*``), to MLflow.
+Profiles that fail their check are refused in one line; their times are kept in
+``profiles-refused.json`` for a look. Example::
 
     splitcomp-profile model.name=resnet18 device.slowdown=4 profile.batch_sizes=[1,4,16]
+    splitcomp-profile profile.force=true   # measure again over a cached profile
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from splitcomp.profile.check import ProfileCheckError
 from splitcomp.profile.latency import Profiles
 from splitcomp.profile.profiler import get_profiles
 from splitcomp.tasks.build import build_workload
@@ -84,11 +88,17 @@ def cut_metrics(profiles: Profiles) -> list[dict[str, float]]:
 def main(cfg: DictConfig) -> None:
     torch.manual_seed(int(cfg.get("seed", 0)))  # random weights repeat, so the profile cache can hit
     work = build_workload(cfg, instantiate(cfg.dataset))  # the same model, input, codec and plan as a run
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     start = time.perf_counter()
-    profiles = get_profiles(work.model, work.plan, work.example_input, work.codec, cfg.device, cfg.server, cfg.profile)
+    try:
+        profiles = get_profiles(work.model, work.plan, work.example_input, work.codec, cfg.device, cfg.server,
+                                cfg.profile)
+    except ProfileCheckError as exc:  # keep the refused times for a look, then refuse in one line
+        print(profile_table(exc.profiles))
+        exc.profiles.save(out_dir / "profiles-refused.json")
+        raise
     profile_s = time.perf_counter() - start
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
     json_path = profiles.save(out_dir / "profiles.json")
     png_path = plot_profiles(profiles, out_dir / "profiles.png")
     table = profile_table(profiles)
@@ -102,6 +112,8 @@ def main(cfg: DictConfig) -> None:
             tracker.log_metrics(row, step=step)
         tracker.log_metrics({"profile_s": profile_s, "cache_hit": float(profiles.source != "measured"),
                              "candidates": float(len(profiles.cuts))})
+        if profiles.measurement is not None:  # the machine's load while measuring, the check's outcome
+            tracker.log_params(profiles.measurement.as_params())
         tracker.log_text(table, "profiles.txt")
         tracker.log_artifact(json_path)
         tracker.log_artifact(png_path)

@@ -37,7 +37,8 @@ def main(cfg: DictConfig) -> None:
     result = report.make_report(MlflowClient(tracking_uri=uri), str(cfg.tracking.experiment), out_dir,
                                 parent_run_id=options.get("parent"), cdf=bool(options.get("cdf", True)))
     parent, table = result["parent"], result["table"]
-    print(f"sweep {parent.info.run_id} ({parent.info.run_name}, {parent.info.status}): {len(table)} jobs")
+    print(f"sweep {parent.info.run_id} ({parent.info.run_name}, {parent.info.status}): {result['jobs']} jobs, "
+          f"{result['jobs_failed']} failed, {len(table)} logged a run")
     if table.attrs.get("common"):
         print(f"overrides of every job: {table.attrs['common']}")
     print(report.text_table(table, SHOWN))

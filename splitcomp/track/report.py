@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from splitcomp.errors import ConfigError, PeerError
-from splitcomp.track.sweep import JOB_NUM_TAG, OVERRIDES_TAG, SWEEP_TAG
+from splitcomp.track.sweep import JOB_NUM_TAG, JOBS_TAG, OVERRIDES_TAG, SWEEP_TAG
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download otherwise
 
@@ -156,11 +156,20 @@ def policy_aggregates(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index().dropna(axis=1, how="all")
 
 
-def summary_metrics(table: pd.DataFrame, aggregates: pd.DataFrame) -> dict[str, float]:
-    """Metrics for the sweep's parent run: job counts and per-policy means."""
+def job_counts(statuses: Sequence[str], jobs: int | None = None) -> tuple[int, int]:
+    """(jobs, failed jobs) of a sweep from its job runs' statuses; ``jobs``: how many jobs the sweep
+    made, when known, so that a job that died before opening its run counts as failed too."""
+    total = max(jobs or 0, len(statuses))
+    return total, total - sum(status == "FINISHED" for status in statuses)
+
+
+def summary_metrics(table: pd.DataFrame, aggregates: pd.DataFrame, jobs: int | None = None) -> dict[str, float]:
+    """Metrics for the sweep's parent run: job counts and per-policy means. ``jobs``: how many jobs
+    the sweep made, when known; a job without a FINISHED run (also one without any run) failed."""
+    total, failed = job_counts([] if table.empty else list(table["status"]), jobs)
+    metrics = {"jobs": float(total), "jobs_failed": float(failed)}
     if table.empty:
-        return {"jobs": 0.0}
-    metrics = {"jobs": float(len(table)), "jobs_failed": float((table["status"] != "FINISHED").sum())}
+        return metrics
     if "latency_ms_mean" in table and table["latency_ms_mean"].notna().any():
         metrics["latency_ms_mean_min"] = float(table["latency_ms_mean"].min())
         metrics["latency_ms_mean_max"] = float(table["latency_ms_mean"].max())
@@ -264,7 +273,8 @@ def make_report(client: Any, experiment: str, out_dir: Path, parent_run_id: str 
                 cdf: bool = True) -> dict[str, Any]:
     """Read a sweep back from the tracking store and write its tables and plots into ``out_dir``.
 
-    Returns ``{"parent": run, "table", "aggregates", "paths"}``."""
+    Returns ``{"parent": run, "table", "aggregates", "paths", "jobs", "jobs_failed"}`` (``jobs``: as
+    many as the sweep made, also those that died before opening a run, when the parent says)."""
     import matplotlib.pyplot as plt
 
     parent = find_parent(client, experiment, parent_run_id)
@@ -280,7 +290,10 @@ def make_report(client: Any, experiment: str, out_dir: Path, parent_run_id: str 
     records = job_records(client, table) if cdf else {}
     if records:
         paths.append(_save(cdf_figure(records), out_dir / "latency_cdf.png", plt))
-    return {"parent": parent, "table": table, "aggregates": aggregates, "paths": paths}
+    made = parent.data.tags.get(JOBS_TAG)
+    jobs, failed = job_counts(list(table["status"]), int(made) if made and made.isdigit() else None)
+    return {"parent": parent, "table": table, "aggregates": aggregates, "paths": paths, "jobs": jobs,
+            "jobs_failed": failed}
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:

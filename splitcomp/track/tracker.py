@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from splitcomp.errors import ConfigError, PeerError
+from splitcomp.redact import redact, redact_text
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -70,7 +71,8 @@ class Tracker:
         return self.run.info.experiment_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        clean = {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(params).items()}
+        """The flattened params, secrets redacted (see splitcomp.redact)."""
+        clean = {k: str(v)[:_MAX_PARAM_LEN] for k, v in redact(flatten(params)).items()}
         items = list(clean.items())
         for i in range(0, len(items), 100):  # MLflow caps one batch at 100 params
             mlflow.log_params(dict(items[i : i + 100]))
@@ -109,7 +111,7 @@ class Tracker:
             mlflow.log_artifact(str(path))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        mlflow.set_tags({k: redact_text(str(v)) for k, v in tags.items()})
 
 
 def use_experiment(tracking_uri: str, name: str) -> None:
@@ -148,7 +150,8 @@ def start_run(
     run_tags = dict(tags or {})
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(run_name=run_name, nested=nested, tags={k: str(v) for k, v in run_tags.items()}) as run:
+    run_tags = {k: redact_text(str(v)) for k, v in run_tags.items()}
+    with mlflow.start_run(run_name=run_name, nested=nested, tags=run_tags) as run:
         tracker = Tracker(run)
         if params:
             tracker.log_params(params)

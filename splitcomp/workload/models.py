@@ -88,10 +88,14 @@ def lite0(weights: str | None = LITE0_PACKAGE_WEIGHTS, num_classes: int = 1000, 
     return ImageClassifier(net, LITE_MEAN, LITE_STD, name=name)
 
 
-def torchvision_model(name: str, weights: str | None = None, num_classes: int | None = None) -> ImageClassifier:
+def torchvision_model(name: str, weights: str | None = None, num_classes: int | None = None,
+                      image_size: int | None = None) -> ImageClassifier:
     """Any torchvision classification model by name. ``weights``: ``None`` (random), ``"DEFAULT"``
     (or another weights enum name like ``"IMAGENET1K_V1"``; downloaded once, needs internet) or a
-    path to a state-dict checkpoint. ``num_classes`` replaces the classifier layer when it differs."""
+    path to a state-dict checkpoint. ``num_classes`` replaces the classifier layer when it differs.
+    ``image_size`` builds a vision transformer (``vit_*``) for that input side (its position
+    embeddings depend on it); convolutional models take any size and ignore it, and pretrained
+    weights fix it themselves."""
     from torchvision import models
 
     valid = models.list_models(module=models)
@@ -99,7 +103,10 @@ def torchvision_model(name: str, weights: str | None = None, num_classes: int | 
         close = difflib.get_close_matches(name, valid, n=5) or valid[:5]
         raise ModelError(f"torchvision has no classification model {name!r}; valid names include {', '.join(close)}")
     if weights is None or Path(str(weights)).suffix in (".pth", ".pt", ".bin") or Path(str(weights)).is_file():
-        net = models.get_model(name, weights=None, **({"num_classes": num_classes} if num_classes else {}))
+        options = {"num_classes": num_classes} if num_classes else {}
+        if image_size and name.startswith("vit_"):
+            options["image_size"] = int(image_size)
+        net = models.get_model(name, weights=None, **options)
         if weights is not None:
             load_state_dict(net, weights)
     else:

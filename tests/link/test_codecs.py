@@ -145,3 +145,136 @@ def test_decode_rejects_unknown_codec_and_bad_payloads() -> None:
     encoded = ZstdCodec().encode(torch.ones(10))
     with pytest.raises(ValueError):
         decode(EncodedTensor("zstd", "float32", (11,), encoded.data, encoded.params))
+
+
+# ------------------------------------------------------------------ hostile payloads (bombs) ------
+
+BOMB_BYTES = 256 << 20  # what each bomb inflates to; the decoder may hold a tiny fraction of it
+CHUNK = bytes(1 << 20)
+
+
+def _zstd_bomb(content_size: bool) -> bytes:
+    import zstandard
+
+    compressor = zstandard.ZstdCompressor(level=1, write_content_size=content_size)
+    stream = compressor.compressobj(size=BOMB_BYTES if content_size else -1)
+    return b"".join([*(stream.compress(CHUNK) for _ in range(BOMB_BYTES // len(CHUNK))), stream.flush()])
+
+
+def _lz4_bomb(content_size: bool) -> bytes:
+    import lz4.frame
+
+    compressor = lz4.frame.LZ4FrameCompressor()
+    parts = [compressor.begin(source_size=BOMB_BYTES if content_size else 0)]
+    parts += [compressor.compress(CHUNK) for _ in range(BOMB_BYTES // len(CHUNK))]
+    return b"".join([*parts, compressor.flush()])
+
+
+def _png(width: int, height: int, extra_chunks: list[tuple[bytes, bytes]] = (), rows: bytes | None = None) -> bytes:
+    """A grey PNG of any declared size; its pixel data (zeros unless ``rows``) is streamed
+    through zlib so that no buffer of its full size is ever made here."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack("!I", len(data)) + kind + data + struct.pack("!I", zlib.crc32(kind + data))
+
+    if rows is None:
+        stream, row = zlib.compressobj(9), bytes(width + 1)
+        rows = b"".join(stream.compress(row) for _ in range(height)) + stream.flush()
+    else:
+        rows = zlib.compress(rows)
+    ihdr = struct.pack("!IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"".join([b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", ihdr), *(chunk(k, d) for k, d in extra_chunks),
+                     chunk(b"IDAT", rows), chunk(b"IEND", b"")])
+
+
+def _jpeg_header_only(width: int, height: int) -> bytes:
+    """A real 8x8 JPEG whose frame header claims ``width`` x ``height``."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def _decode_refused(encoded: EncodedTensor) -> None:
+    with pytest.raises(ValueError):
+        decode(encoded)
+
+
+@pytest.mark.parametrize("maker, codec", [
+    (lambda: _zstd_bomb(content_size=True), "zstd"),
+    (lambda: _zstd_bomb(content_size=False), "zstd"),
+    (lambda: _lz4_bomb(content_size=True), "lz4"),
+    (lambda: _lz4_bomb(content_size=False), "lz4"),
+], ids=["zstd-sized", "zstd-streamed", "lz4-sized", "lz4-streamed"])
+def test_compression_bombs_stop_at_the_declared_size(maker, codec) -> None:
+    from splitcomp.profile.memory import peak_rss_growth_mib
+
+    bomb, shape = maker(), (1, 2 << 20)
+    CODECS[codec]().check_encoded("uint8", shape, {}, len(bomb))  # passes for a compressed 2 MiB tensor:
+    encoded = EncodedTensor(codec, "uint8", shape, bomb, {})      # the decoder itself must stop it
+    assert peak_rss_growth_mib(lambda: _decode_refused(encoded)) < 64
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_image_bombs_are_refused_before_their_pixels_are_decoded() -> None:
+    from splitcomp.profile.memory import peak_rss_growth_mib
+
+    huge_png = _png(12000, 12000)  # 144 Mpixel of zeros in ~150 KB
+    huge_jpeg = _jpeg_header_only(30000, 30000)
+    shape = (1, 1, 1024, 1024)  # declared: a 1 Mpixel image, for which both files pass as a size
+    for codec, data in (("png", huge_png), ("jpeg", huge_jpeg)):
+        params = {"format": codec.upper(), "sizes": [len(data)]}
+        CODECS[codec]().check_encoded("uint8", shape, params, len(data))
+        encoded = EncodedTensor(codec, "uint8", shape, data, params)
+        assert peak_rss_growth_mib(lambda encoded=encoded: _decode_refused(encoded)) < 64
+
+
+def test_images_are_opened_only_in_the_agreed_format_mode_and_chunks() -> None:
+    import zlib
+
+    good = _png(8, 8, rows=bytes(9 * 8))
+    assert decode(EncodedTensor("png", "uint8", (1, 1, 8, 8), good, {"format": "PNG", "sizes": [len(good)]})).shape \
+        == (1, 1, 8, 8)
+    text_bomb = _png(8, 8, [(b"zTXt", b"k\0\0" + zlib.compress(bytes(1 << 20)))] * 4, rows=bytes(9 * 8))
+    as_jpeg = JpegCodec().encode(_photo_batch(1, 1, 8))
+    for encoded in [
+        EncodedTensor("png", "uint8", (1, 1, 8, 8), text_bomb, {"format": "PNG", "sizes": [len(text_bomb)]}),
+        EncodedTensor("png", "uint8", (1, 3, 8, 8), good, {"format": "PNG", "sizes": [len(good)]}),  # mode L
+        EncodedTensor("png", "uint8", (1, 1, 8, 8), as_jpeg.data, {"format": "PNG", "sizes": [as_jpeg.nbytes]}),
+        EncodedTensor("jpeg", "uint8", (1, 1, 8, 8), good, {"format": "JPEG", "sizes": [len(good)]}),
+    ]:
+        _decode_refused(encoded)
+
+
+@pytest.mark.parametrize(("codec", "dtype", "shape", "params", "nbytes"), [
+    ("raw", "float32", (4,), {}, 15),
+    ("zstd", "uint8", (16,), {}, 10_000),                              # far more than 16 bytes compress to
+    ("lz4", "uint8", (16,), {}, 10_000),
+    ("float16", "int64", (4,), {"wire": "float16"}, 8),                # float16 carries floats only
+    ("float16", "float32", (4,), {"fallback": "raw"}, 8),              # raw fallback is the full size
+    ("int8", "float32", (4,), {"scale": float("nan"), "zero_point": 0}, 4),
+    ("int8", "float32", (4,), {"scale": 1.0, "zero_point": 300}, 4),
+    ("png", "uint8", (2, 3, 8, 8), {"format": "PNG", "sizes": [10]}, 10),   # one size for two images
+    ("png", "uint8", (1, 3, 8, 8), {"format": "GIF", "sizes": [10]}, 10),
+    ("png", "float32", (1, 3, 8, 8), {"format": "PNG", "sizes": [10]}, 10),
+    ("jpeg", "uint8", (1, 3, 8, 8), {"format": "JPEG", "sizes": [10 ** 6]}, 10 ** 6),
+])
+def test_declarations_no_encoder_makes_are_refused_before_reading(codec, dtype, shape, params, nbytes) -> None:
+    with pytest.raises(ValueError):
+        CODECS[codec]().check_encoded(dtype, shape, params, nbytes)
+
+
+@pytest.mark.parametrize("codec", [RawCodec(), ZstdCodec(), Lz4Codec(), Float16Codec(), Int8Codec(), PngCodec(),
+                                   JpegCodec()], ids=repr)
+def test_what_every_codec_encodes_passes_its_own_check(codec) -> None:
+    for x in [_photo_batch(2, 3, 16), torch.randn(2, 5, 3), torch.arange(6).reshape(2, 3)]:
+        encoded = codec.encode(x)
+        codec.check_encoded(encoded.dtype, encoded.shape, encoded.params, encoded.nbytes)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from splitcomp.errors import ConfigError
-from splitcomp.link.frame_bytes import wire_frame_bytes
+from splitcomp.link.frame_bytes import FrameBytes, wire_frame_bytes
 from splitcomp.profile.latency import (
     CutProfile,
     LatencyModel,
@@ -31,7 +31,7 @@ def test_frames_follow_the_wire_format():
     """A header of a few hundred bytes; the answer's carries the server's report."""
     assert 60 < REQUEST_HEADER < 400 and 200 < ANSWER_HEADER < 600 and 150 < FRAMES.probe_ack < 600
     with_mac = wire_frame_bytes(secret=True)
-    assert with_mac.request == REQUEST_HEADER + 32 and with_mac.answer == ANSWER_HEADER + 32
+    assert with_mac.request == REQUEST_HEADER + 64 and with_mac.answer == ANSWER_HEADER + 64  # header and frame MACs
 
 
 def test_each_term_of_an_offloading_cut():
@@ -176,3 +176,59 @@ def test_predict_all_covers_every_cut_in_order():
     assert len(totals) == 3
     assert totals[2] == pytest.approx(0.030)  # device-only wins on a very slow link
     assert min(totals) == totals[2]
+
+
+FRAME_OVERHEAD_BYTES = 200  # a frame's bytes around its payload, in both directions
+
+
+def batched_profiles() -> Profiles:
+    """Heads profiled at two batch sizes, as the paper's batch semantics need."""
+    full = CutProfile(0, "input", bytes_up=1000, bytes_down=40, head_s={1: 0.0, 4: 0.0}, tail_s={1: 0.010, 4: 0.022},
+                      encode_s=0.001, decode_s=0.002, is_full_offload=True)
+    mid = CutProfile(3, "mid", bytes_up=200, bytes_down=40, head_s={1: 0.005, 4: 0.014}, tail_s={1: 0.004, 4: 0.010},
+                     encode_s=0.0005, decode_s=0.0007)
+    local = CutProfile(9, "output", bytes_up=0, bytes_down=0, head_s={1: 0.030, 4: 0.090}, tail_s={1: 0.0, 4: 0.0},
+                       is_device_only=True)
+    return Profiles(key={"model": "batched"}, cuts=[full, mid, local])
+
+
+def test_a_batch_of_images_scales_device_link_and_server():
+    profiles = batched_profiles()
+    model = LatencyModel(profiles, frames=FrameBytes(request=FRAME_OVERHEAD_BYTES, answer=FRAME_OVERHEAD_BYTES,
+                                                     probe=0, probe_ack=0))
+    mid = profiles.by_name("mid")
+    p = model.predict(mid, rate_up_bps=1e6, batch=4)
+    assert p.device_s == pytest.approx(0.014)  # the head profiled at batch 4
+    assert p.encode_s == pytest.approx(4 * 0.0005)
+    assert p.uplink_s == pytest.approx((4 * 200 + FRAME_OVERHEAD_BYTES) * 8 / 1e6)  # four payloads, one frame
+    assert p.server_s == pytest.approx(0.010)  # the tail profiled at batch 4
+    assert p.decode_s == pytest.approx(4 * 0.0007)
+    assert p.downlink_s == pytest.approx((4 * 40 + FRAME_OVERHEAD_BYTES) * 8 / 1e6)
+    assert p.total_s == pytest.approx(0.014 + 0.002 + 0.0080 + 0.010 + 0.0028 + 0.00288)
+    # between profiled sizes both sides interpolate: batch 2 is a third of the way from 1 to 4
+    two = model.predict(mid, rate_up_bps=1e6, batch=2)
+    assert two.device_s == pytest.approx(0.008) and two.server_s == pytest.approx(0.006)
+    assert model.predict(profiles.by_name("output"), rate_up_bps=None, batch=4).total_s == pytest.approx(0.090)
+    full = model.predict(profiles.by_name("input"), rate_up_bps=8e6, batch=4)
+    assert full.device_s == 0.0 and full.uplink_s == pytest.approx((4000 + FRAME_OVERHEAD_BYTES) / 1e6)
+
+
+def test_batch_one_is_the_single_image_prediction_and_server_load_adds_to_the_batch():
+    profiles = batched_profiles()
+    model = LatencyModel(profiles, rtt_s=0.01)
+    mid = profiles.by_name("mid")
+    assert model.predict(mid, 2e6, batch=1) == model.predict(mid, 2e6)
+    # two own images computed with two other requests' images: a server batch of 4
+    p = model.predict(mid, 2e6, load=ServerLoad(batch_size=3), batch=2)
+    assert p.server_s == pytest.approx(0.010)
+    assert [q.total_s for q in model.predict_all(2e6, batch=4)] == [
+        model.predict(c, 2e6, batch=4).total_s for c in profiles.cuts]
+
+
+def test_a_batch_needs_heads_profiled_at_several_batch_sizes():
+    profiles = hand_profiles()  # heads timed at batch 1 only
+    model = LatencyModel(profiles)
+    with pytest.raises(ConfigError, match="several batch sizes"):
+        model.predict(profiles.by_name("mid"), 1e6, batch=2)
+    with pytest.raises(ConfigError, match="positive whole number"):
+        model.predict(profiles.by_name("mid"), 1e6, batch=0)

@@ -5,10 +5,14 @@ import pytest
 import torch
 from torch import nn
 
+from splitcomp.errors import PeerError
+from splitcomp.link.auth import new_nonce
 from splitcomp.link.codecs import RawCodec
 from splitcomp.link.shaping import ScenarioClock
+from splitcomp.link.wire import FrameReader, Kind, encode_frame
 from splitcomp.runtime.client import EdgeClient
 from splitcomp.runtime.fingerprint import model_fingerprint
+from splitcomp.runtime.handshake import Hello, Welcome
 from splitcomp.runtime.process import bind_listener
 from splitcomp.runtime.server import EdgeServer, LoadEffects, ServerSettings
 from splitcomp.runtime.tails import TailBank
@@ -48,9 +52,9 @@ def live_server(tiny):
     _, example, plan, fingerprint = tiny
     servers = []
 
-    def start(load_model=None, settings=None):
+    def start(load_model=None, settings=None, codec=None):
         server = EdgeServer(TailBank(plan, example, torch.device("cpu")), fingerprint, LoadEffects(load_model),
-                            settings=settings or ServerSettings(io_timeout_s=5.0))
+                            settings=settings or ServerSettings(io_timeout_s=5.0), codec=codec)
         listener = bind_listener("127.0.0.1", 0)
         thread = threading.Thread(target=server.serve_forever, args=(listener,), daemon=True)
         thread.start()
@@ -74,6 +78,52 @@ def _connect(port, fingerprint, **kwargs):
 def connect():
     """connect(port, fingerprint) -> a handshaken EdgeClient."""
     return _connect
+
+
+@pytest.fixture
+def fake_server():
+    """fake_server(answer) -> port of a server that takes any HELLO, acknowledges probes and
+    answers each REQUEST (its meta) with the frame bytes ``answer(meta)`` returns: a server
+    that lies."""
+    listeners = []
+
+    def start(answer):
+        listener = bind_listener("127.0.0.1", 0)
+        listeners.append(listener)
+
+        def serve_one(conn):
+            with conn:
+                reader = FrameReader(conn)
+                try:
+                    hello = Hello.parse(reader.read(allowed=(Kind.HELLO,)).meta)
+                    conn.sendall(encode_frame(Kind.WELCOME, Welcome(99, "cpu", new_nonce(), hello.nonce).meta()))
+                    while True:
+                        frame = reader.read()
+                        if frame.kind is Kind.PROBE:
+                            conn.sendall(encode_frame(Kind.PROBE_ACK, {"bytes": frame.payload_bytes}))
+                        else:
+                            conn.sendall(answer(frame.meta))
+                except (PeerError, OSError):
+                    pass
+
+        def accept_loop():
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept_loop, daemon=True).start()
+        return listener.getsockname()[1]
+
+    yield start
+    for listener in listeners:
+        try:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
+        listener.close()
 
 
 @pytest.fixture

@@ -5,21 +5,36 @@ import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import lz4.frame
 import pytest
 import torch
+import zstandard
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from splitcomp.link.codecs import RawCodec
+from splitcomp.link.auth import new_nonce
+from splitcomp.link.codecs import (
+    EncodedTensor,
+    Float16Codec,
+    Int8Codec,
+    JpegCodec,
+    Lz4Codec,
+    PngCodec,
+    RawCodec,
+    ZstdCodec,
+)
 from splitcomp.link.shaping import LoopbackLink, ScenarioClock
 from splitcomp.link.wire import Kind, encode_frame
 from splitcomp.policy.estimators import EwmaEstimator
 from splitcomp.policy.simple import Static
 from splitcomp.profile import get_profiles
 from splitcomp.profile.latency import LatencyModel
+from splitcomp.profile.memory import peak_rss_growth_mib
 from splitcomp.runtime.client import EdgeClient
 from splitcomp.runtime.device import Device
+from splitcomp.runtime.handshake import Hello
 from splitcomp.runtime.process import ServerProcess
 from splitcomp.runtime.server import ServerSettings
 from splitcomp.runtime.socket_runtime import SocketParts, SocketRuntime
@@ -80,7 +95,7 @@ def _send_raw(port: int, hello: bytes, payload: bytes) -> None:
 def test_ten_thousand_malformed_frames_leave_the_server_serving(tiny, live_server, connect):
     _, example, plan, fingerprint = tiny
     server, port = live_server(settings=ServerSettings(io_timeout_s=1.0))
-    hello = encode_frame(Kind.HELLO, {"fingerprint": fingerprint, "clock_origin": time.time()})
+    hello = encode_frame(Kind.HELLO, Hello(fingerprint, time.time(), new_nonce()).meta())
     rng = random.Random(7)
     valid = _valid_frames(plan, example)
     for i in range(10_000):
@@ -92,6 +107,93 @@ def test_ten_thousand_malformed_frames_leave_the_server_serving(tiny, live_serve
         reply = client.exchange(client.request_frame(0, 1, tuple(head(example)), RawCodec()))
         assert torch.equal(reply.logits, tiny[0](example))
     assert server.rejected_frames > 1000
+
+
+AGREED = [ZstdCodec(), Lz4Codec(), PngCodec(), JpegCodec(), Float16Codec(), Int8Codec()]
+EVERY_CODEC = [RawCodec(), *AGREED]
+
+
+def _bomb(codec_name: str, nbytes: int) -> bytes:
+    """``nbytes`` of zeros squeezed by a compressing codec (streamed: never held whole here)."""
+    chunk = bytes(1 << 20)
+    if codec_name == "zstd":
+        stream = zstandard.ZstdCompressor(level=1).compressobj(size=nbytes)
+        return b"".join([*(stream.compress(chunk) for _ in range(nbytes >> 20)), stream.flush()])
+    compressor = lz4.frame.LZ4FrameCompressor()
+    parts = [compressor.begin(source_size=nbytes), *(compressor.compress(chunk) for _ in range(nbytes >> 20))]
+    return b"".join([*parts, compressor.flush()])
+
+
+def _frames_in_every_codec(plan, example):
+    """Valid requests at an image cut and a float cut in every codec, compressed bombs dressed as
+    both, and a probe: what the mutations start from."""
+    head, _ = plan.split(plan.cuts[1])
+    with torch.inference_mode():
+        floats = tuple(head(example))
+    frames = [encode_frame(Kind.PROBE, {}, [torch.zeros(64, dtype=torch.uint8)])]
+    for codec in EVERY_CODEC:
+        frames.append(encode_frame(Kind.REQUEST, {"request": 1, "cut": 0, "t": 0.0}, (example,), codec))
+        frames.append(encode_frame(Kind.REQUEST, {"request": 2, "cut": 1, "t": 0.0}, floats, codec))
+    for name, size in (("zstd", 256 << 20), ("lz4", 32 << 20)):
+        bomb = _bomb(name, size)
+        for shape in ((64, 3, 32, 32), (1, 3, 32, 32)):  # fits the image cut; tiny
+            frames.append(encode_frame(Kind.REQUEST, {"request": 3, "cut": 0, "t": 0.0},
+                                       [EncodedTensor(name, "uint8", shape, bomb)]))
+    return frames
+
+
+def _mutate_declarations(frame: bytes, rng: random.Random) -> bytes:
+    """Lies a hostile peer tells in the header: other codecs, dtypes, bigger shapes, huge lengths."""
+    text = frame.replace(b'"codec":"' + rng.choice([c.name.encode() for c in EVERY_CODEC]) + b'"',
+                         b'"codec":"' + rng.choice([c.name.encode() for c in EVERY_CODEC]) + b'"')
+    text = text.replace(b'"shape":[1,', rng.choice([b'"shape":[64,', b'"shape":[1000000,', b'"shape":[1,']))
+    text = text.replace(b'"dtype":"uint8"', rng.choice([b'"dtype":"float64"', b'"dtype":"uint8"']))
+    if rng.random() < 0.3:  # a huge payload declared, and only a little of it sent
+        text = text[:12] + struct.pack("!Q", rng.choice([200 << 20, 2**40])) + text[20:]
+    return text
+
+
+def _talk(port: int, frames: list[bytes], hold_s: float) -> None:
+    """One connection: all ``frames`` back to back, a pause, then read whatever comes back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        try:
+            for frame in frames:
+                sock.sendall(frame)
+            time.sleep(hold_s)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass  # the server may hang up at any point
+
+
+def test_fuzzing_every_codec_several_frames_per_connection_memory_stays_bounded(tiny, live_server, connect):
+    """Bombs in every codec, lying declarations and several frames per connection from four
+    peers at once, against a server for each compressing codec: its memory peak stays far below
+    what the bombs and declarations ask for (GiB), and it still answers correctly."""
+    model, example, plan, fingerprint = tiny
+    hello = encode_frame(Kind.HELLO, Hello(fingerprint, time.time(), new_nonce()).meta())
+    frames = _frames_in_every_codec(plan, example)
+    rng = random.Random(13)
+    for codec in AGREED:
+        server, port = live_server(settings=ServerSettings(io_timeout_s=1.0, handshake_timeout_s=1.0), codec=codec)
+        connections = []
+        for _ in range(60):
+            picks = [rng.choice(frames) for _ in range(rng.randint(1, 6))]
+            mutated = [rng.choice([lambda f: f, lambda f: _mutate(f, rng), lambda f: _mutate_declarations(f, rng)])(f)
+                       for f in picks]
+            connections.append([hello, *mutated] if rng.random() < 0.9 else mutated)
+
+        def attack(connections=connections, port=port):
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda c: _talk(port, c, rng.choice([0.0, 0.0, 0.2])), connections))
+
+        assert peak_rss_growth_mib(attack) < 200, codec
+        assert server.rejected_frames > 30, codec
+        client = connect(port, fingerprint)
+        with torch.inference_mode():
+            reply = client.exchange(client.request_frame(0, 0, (example,), codec))
+            assert torch.equal(reply.logits.argmax(1), model(example).argmax(1))
 
 
 def test_eight_concurrent_clients_do_not_disturb_each_other(tiny, live_server, connect):
@@ -220,6 +322,25 @@ def test_a_server_killed_before_the_next_policy_starts_does_not_end_the_run(serv
     assert len(first) == 6 and not any(r["fallback"] for r in first)
     assert len(second) == 6 and all(r["fallback"] and r["bytes_down"] == 0 for r in second)
     assert all(r["prediction"] == r["reference"] for r in first + second)
+
+
+def test_a_server_that_lies_makes_requests_fall_back_and_the_run_goes_on(served_config, fake_server):
+    cfg, _ = served_config
+    answers = iter(range(1000))
+
+    def lie(meta):  # NaN logits, another request's id, a malformed load report, in turn
+        report = {"request": meta["request"], "queue_s": 0.0, "batch_size": 1}
+        kind = next(answers) % 3
+        logits = torch.full((1, 1000), float("nan")) if kind == 0 else torch.zeros(1, 1000)
+        if kind == 1:
+            report["request"] = -5
+        if kind == 2:
+            report["queue_len"] = "many"
+        return encode_frame(Kind.RESPONSE, report, [logits])
+
+    records = _socket_run(cfg, fake_server(lie), 9)
+    assert len(records) == 9 and all(r["fallback"] for r in records)
+    assert all(r["prediction"] == r["reference"] for r in records)
 
 
 def test_an_unreachable_server_at_the_start_runs_on_the_device(served_config, free_port):

@@ -168,3 +168,24 @@ def test_attention_flops_include_projections_and_both_products():
     # batch 2, 5 tokens, width 16: q/k/v/out projections 4 * 5*16*16, scores and weighted sum 2 * 5*5*16
     macs = 2 * (4 * 5 * 16 * 16 + 2 * 5 * 5 * 16)
     assert analyze(Attention().eval(), torch.randn(2, 5, 16)).total_flops == 2 * macs
+
+
+def test_segments_between_consecutive_cuts_chain_into_the_model():
+    from torchvision.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("resnet18").eval()
+    x = torch.randn(2, 3, 64, 64)
+    plan = analyze(model, x[:1])
+    cuts = plan.candidates
+    with torch.no_grad():
+        values = (x,)
+        for start, end in zip(cuts, cuts[1:]):
+            values = plan.segment(start, end)(values)
+            assert len(values) == len(end.crossing)
+        assert torch.equal(values[0], model(x))
+        head, _ = plan.split(cuts[2])
+        middle = plan.segment(cuts[1], cuts[2])(plan.split(cuts[1])[0](x))
+        assert all(torch.equal(a, b) for a, b in zip(middle, head(x)))
+    with pytest.raises(CutNotFoundError, match="must come before"):
+        plan.segment(cuts[2], cuts[1])

@@ -1,5 +1,7 @@
 """End to end: ``splitcomp-run`` starts a real server process and logs a finished MLflow run."""
 
+import stat
+
 import pytest
 
 SMALL = ["model=torchvision", "model.name=resnet18", "dataset.image_size=64", "dataset.limit=20", "device.slowdown=1",
@@ -19,6 +21,24 @@ def test_twenty_requests_over_loopback_agree_with_the_unsplit_model(run_task, ml
     assert metrics["accuracy"] == metrics["accuracy_reference"]
     assert metrics["bytes_sent_mean"] > 0 and metrics["fallbacks"] == 0
     assert run.data.params["model.name"] == "resnet18"
+
+
+def test_a_secret_reaches_no_saved_file_param_or_tag(run_task, mlflow_runs, tmp_path, shared_store, monkeypatch):
+    """The secret comes from the environment (the server process inherits it); a secret-looking
+    value someone passes inline is redacted everywhere too."""
+    secret, token = "from-the-environment-0123456789", "inline-token-9876543210"
+    monkeypatch.setenv("SPLITCOMP_AUTH_SECRET", secret)
+    run_task("run", *SMALL, "dataset.limit=4", "link=loopback", "policy=static", "policy.cut=1",
+             f"+tracking.api_token={token}")
+    (run,) = mlflow_runs()
+    assert run.data.metrics["fallbacks"] == 0  # device and server held the same secret
+    for root in (tmp_path / "run", shared_store):  # the run folder; the MLflow database and artifacts
+        for path in (p for p in root.rglob("*") if p.is_file()):
+            content = path.read_bytes()
+            assert secret.encode() not in content and token.encode() not in content, path
+    for name in (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "config.yaml",
+                 "server/server_config.yaml"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o600, name
 
 
 def test_dynamic_policy_on_shaped_link_compares_with_baselines(run_task, mlflow_runs):

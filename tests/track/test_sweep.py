@@ -123,3 +123,51 @@ def test_job_start_exports_the_parent_in_a_fresh_process(monkeypatch):
     monkeypatch.delenv(PARENT_ENV)
     SweepCallback().on_job_start(OmegaConf.create({}), task_function=None)
     assert PARENT_ENV not in os.environ
+
+
+def test_sweep_size_counts_the_jobs_of_the_basic_sweeper():
+    from splitcomp.track.sweep import sweep_size
+
+    def config(task, params=None, target="hydra._internal.core_plugins.basic_sweeper.BasicSweeper"):
+        return OmegaConf.create({"hydra": {"overrides": {"task": task},
+                                           "sweeper": {"_target_": target, "params": params}}})
+
+    assert sweep_size(config(["policy=a,b,c", "channel=x,y", "seed=1"])) == 6
+    assert sweep_size(config(["seed=range(0,4)", "policy=a,b"])) == 8
+    assert sweep_size(config(["policy=a"], params={"channel": "x,y,z"})) == 3
+    assert sweep_size(config(["policy=a,b"], target="hydra_plugins.x.OptunaSweeper")) is None
+
+
+def test_dead_jobs_end_failed_and_count_live_ones_stay_open(tmp_path, monkeypatch):
+    """Of four jobs one finished, one's process died with its run open, one still runs (a launcher
+    that gave up early leaves it running), one died before opening a run: the dead one's run ends
+    FAILED, the live one's stays open, and the parent counts three jobs of four as failed."""
+    import socket
+
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    callback = SweepCallback()
+    config = hydra_like_config(tmp_path, uri)
+    config.hydra.overrides.task = ["policy=a,b,c,d"]
+    config.hydra.sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}
+    callback.on_multirun_start(config)
+    client = MlflowClient(uri)
+    experiment_id = client.get_run(callback.parent_run_id).info.experiment_id
+
+    def job(num: int, **tags: str):
+        return client.create_run(experiment_id, tags={"mlflow.parentRunId": callback.parent_run_id,
+                                                      "splitcomp.job_num": str(num), **tags}).info.run_id
+
+    finished = job(0)
+    client.log_metric(finished, "latency_ms_mean", 5.0)
+    client.set_terminated(finished)
+    dead = job(1, **{"splitcomp.host": socket.gethostname(), "splitcomp.pid": "999999999"})
+    live = job(2, **{"splitcomp.host": socket.gethostname(), "splitcomp.pid": str(os.getpid())})
+    callback._close_if_open()  # the launcher reported a dead job: the sweep ended early
+    assert client.get_run(dead).info.status == "FAILED" and "splitcomp.failure" in client.get_run(dead).data.tags
+    assert client.get_run(live).info.status == "RUNNING"
+    parent = client.get_run(callback.parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["splitcomp.jobs"] == "4"
+    assert parent.data.metrics["jobs"] == 4 and parent.data.metrics["jobs_failed"] == 3

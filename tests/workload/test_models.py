@@ -49,6 +49,15 @@ def test_torchvision_model_by_name_with_class_override() -> None:
     assert model.name == "mobilenet_v3_small:random"
 
 
+def test_a_vision_transformer_is_built_for_the_given_image_size() -> None:
+    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    model = torchvision_model("vit_b_32", image_size=64).eval()
+    with torch.no_grad():
+        assert model(images).shape == (1, 1000)
+    assert model.backbone.encoder.pos_embedding.shape[1] == (64 // 32) ** 2 + 1  # patches + class token
+    assert torchvision_model("mobilenet_v3_small", image_size=64).eval()(images).shape == (1, 1000)  # ignored
+
+
 def test_unknown_torchvision_name_lists_close_valid_names() -> None:
     with pytest.raises(ModelError, match="no classification model 'resnet19'.*resnet18"):
         torchvision_model("resnet19")

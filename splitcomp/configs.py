@@ -1,0 +1,27 @@
+"""Where the shipped Hydra configs live: the one place in the code that knows.
+
+The repository keeps them in its top-level ``conf/``; a built wheel carries that folder inside the
+package as ``splitcomp/conf`` (pyproject.toml maps the subpackage ``splitcomp.conf`` onto it).
+So a source checkout (editable install or ``PYTHONPATH``) finds them beside the package and an
+installed wheel inside it, whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from pathlib import Path
+
+from splitcomp.errors import ConfigError
+
+
+@functools.cache
+def config_dir() -> Path:
+    """The folder holding ``config.yaml`` and one folder per config group."""
+    package = Path(str(importlib.resources.files("splitcomp")))
+    candidates = (package / "conf", package.parent / "conf")  # installed wheel, source checkout
+    for folder in candidates:
+        if (folder / "config.yaml").is_file():
+            return folder
+    raise ConfigError(f"the splitcomp configs are missing (looked in {' and '.join(map(str, candidates))}); "
+                      "reinstall the package")
