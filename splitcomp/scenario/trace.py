@@ -67,9 +67,6 @@ class Trace:
         """Mean rate over time: what a long transfer sees on average."""
         return float(self._cum_bits[-1] / self.duration)
 
-    def _widths(self) -> np.ndarray:
-        return np.diff(np.append(self.times, self.duration))
-
     def _index(self, t: float) -> int:
         return int(np.searchsorted(self.times, t % self.duration, side="right") - 1)
 
