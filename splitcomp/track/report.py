@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from splitcomp.errors import ConfigError, PeerError
-from splitcomp.track.sweep import JOB_NUM_TAG, JOBS_TAG, OVERRIDES_TAG, SWEEP_TAG
+from splitcomp.track.tags import JOB_NUM_TAG, JOBS_TAG, OVERRIDES_TAG, SWEEP_TAG
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download otherwise
 
