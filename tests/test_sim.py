@@ -99,7 +99,7 @@ def test_oracle_is_never_slower_than_any_policy(name):
     base = env(uplink, n=200, load_model=load)
     policies = {
         "oracle": Oracle(), "device_only": DeviceOnly(), "server_only": ServerOnly(), "mid": Static("mid"),
-        "best_static": BestStatic(), "dynamic": Dynamic(), "dynamic_h": Dynamic(hysteresis=0.2),
+        "best_static": BestStatic(simulate=simulate_env), "dynamic": Dynamic(), "dynamic_h": Dynamic(hysteresis=0.2),
         "neurosurgeon": Neurosurgeon(), "bandit": Bandit(),
     }
     runs = compare_policies(base, policies)

@@ -21,12 +21,10 @@ time of each profiled cut, and the discount replaces ANS's change handling.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from splitcomp.errors import ConfigError
-from splitcomp.policy.base import DecisionContext, Policy
+from splitcomp.policy.base import DecisionContext, Policy, RunEnvironment
 from splitcomp.profile.latency import CutProfile
 from splitcomp.records import RequestRecord
 
@@ -40,7 +38,7 @@ class Bandit(Policy):
         self.alpha, self.gamma, self.ridge = float(alpha), float(gamma), float(ridge)
         self._key: tuple[str, ...] | None = None
 
-    def prepare(self, env: Any) -> None:
+    def prepare(self, env: RunEnvironment) -> None:
         self._setup(env.candidates)
 
     def _setup(self, candidates: list[CutProfile]) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from splitcomp.errors import ConfigError
 from splitcomp.profile.latency import CutProfile, LatencyModel
 from splitcomp.records import RequestRecord, ServerLoad
+from splitcomp.scenario.load import LoadModel
 from splitcomp.scenario.trace import Trace
 
 
@@ -40,6 +41,21 @@ class DecisionContext:
     true_rtt_s: float | None = None  # None: the uplink trace's RTT, else the latency model's
 
 
+class RunEnvironment(Protocol):
+    """What a policy may read of a run before it starts (``prepare``): the scenario and the
+    candidates. :class:`splitcomp.loop.RunEnv` is the one implementation (a dataclass, so hindsight
+    policies may ``dataclasses.replace`` it to simulate variants)."""
+
+    candidates: list[CutProfile]
+    latency_model: LatencyModel
+    policy: Policy
+    uplink: Trace
+    downlink: Trace | None
+    load_model: LoadModel | None
+    n_requests: int
+    seed: int
+
+
 class Policy(ABC):
     """Chooses a cut per request."""
 
@@ -47,7 +63,7 @@ class Policy(ABC):
     # True for policies that read ctx.rate_estimate_bps: only they make the device probe the link
     needs_rate_estimate = False
 
-    def prepare(self, env: Any) -> None:
+    def prepare(self, env: RunEnvironment) -> None:
         """Called once before a run with the run's environment (a ``splitcomp.loop.RunEnv``).
 
         Stateful policies reset their state here, so one object can serve several runs."""

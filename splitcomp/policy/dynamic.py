@@ -7,10 +7,8 @@ zero, which makes device-only the choice until a measurement arrives.
 
 from __future__ import annotations
 
-from typing import Any
-
 from splitcomp.errors import ConfigError
-from splitcomp.policy.base import DecisionContext, Policy
+from splitcomp.policy.base import DecisionContext, Policy, RunEnvironment
 
 
 def predicted_latencies(ctx: DecisionContext) -> list[float]:
@@ -40,7 +38,7 @@ class Dynamic(Policy):
         self.hysteresis = float(hysteresis)
         self._current: int | None = None
 
-    def prepare(self, env: Any) -> None:
+    def prepare(self, env: RunEnvironment) -> None:
         self._current = None
 
     def choose(self, ctx: DecisionContext) -> int:

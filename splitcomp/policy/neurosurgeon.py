@@ -24,12 +24,11 @@ What this version keeps and what it does not:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
 from splitcomp.errors import ConfigError
-from splitcomp.policy.base import DecisionContext, Policy
+from splitcomp.policy.base import DecisionContext, Policy, RunEnvironment
 from splitcomp.policy.dynamic import argmin
 from splitcomp.profile.latency import CutProfile, ServerLoad
 
@@ -51,7 +50,7 @@ class Neurosurgeon(Policy):
         self._key: tuple[str, ...] | None = None
         self._modelled: list[CutProfile] = []
 
-    def prepare(self, env: Any) -> None:
+    def prepare(self, env: RunEnvironment) -> None:
         self._fit(env.candidates)
 
     def _cut_flops(self, cut: CutProfile) -> tuple[float, float] | None:
