@@ -56,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from splitcomp.runtime.bench import ROOT, socket_bench
+from splitcomp.build import socket_bench
+from splitcomp.configs import project_root
 
 POLICIES = ("dynamic", "device_only", "server_only", "best_static", "oracle")
 BASELINES = ("device_only", "server_only", "best_static")
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="requests per run (default 60 quick, 150 full)")
     parser.add_argument("--interval", type=float, default=0.15, help="seconds between requests")
     args = parser.parse_args(argv)
-    if not (ROOT / ".." / "shared" / "traces").is_dir() and "SPLITCOMP_TRACES" not in os.environ:
+    if not (project_root() / ".." / "shared" / "traces").is_dir() and "SPLITCOMP_TRACES" not in os.environ:
         print("error: no traces at ../shared/traces; set SPLITCOMP_TRACES", file=sys.stderr)
         return 2
     windows = WINDOWS if args.quick else FULL_WINDOWS

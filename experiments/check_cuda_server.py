@@ -35,13 +35,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from splitcomp.build import Workload, build_workload
 from splitcomp.link.shaping import ScenarioClock
 from splitcomp.runtime.client import EdgeClient
 from splitcomp.runtime.process import bind_listener
 from splitcomp.runtime.server import EdgeServer
 from splitcomp.runtime.tails import TailBank
 from splitcomp.split import analyze
-from splitcomp.tasks.build import Workload, build_workload
 from splitcomp.tasks.common import CONF_DIR
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

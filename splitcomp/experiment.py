@@ -6,104 +6,19 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from splitcomp.configs import config_dir
-from splitcomp.errors import ConfigError
-from splitcomp.link.frame_bytes import FrameBytes, request_overhead, wire_frame_bytes
-from splitcomp.link.shaping import ScenarioClock
-from splitcomp.loop import RunEnv
-from splitcomp.profile import get_profiles
-from splitcomp.profile.latency import LatencyModel
-from splitcomp.profile.timing import pin_to_cores
+from splitcomp.build import ExperimentSession, Scenario, make_env, policy_config
 from splitcomp.redact import save_private_config
-from splitcomp.runtime.security import auth_secret
-from splitcomp.runtime.session import launch_server, open_socket_session
-from splitcomp.tasks.build import Workload, build_workload
 from splitcomp.track import start_run_from_config
-from splitcomp.track.plots import log_run_plots
+from splitcomp.track.plots import log_latency_cdf, log_run_plots
 from splitcomp.track.summary import summarize
 
 log = logging.getLogger("splitcomp")
-
-
-@dataclass
-class Scenario:
-    """Everything that is the same for every policy compared in one experiment."""
-
-    work: Workload
-    profiles: Any
-    uplink: Any
-    downlink: Any
-    load_model: Any
-    link: Any
-    dataset: Any
-    n_requests: int
-    frames: FrameBytes
-
-
-def frame_bytes(work: Workload, profiles: Any, secret: bool) -> FrameBytes:
-    """The wire format's frame bytes, exact for every candidate cut: each head's output on the
-    example input, encoded as a request frame (plain values and multi-tensor cuts have longer
-    headers than one tensor)."""
-    per_cut = {}
-    with torch.inference_mode():
-        for cut in profiles.cuts:
-            if cut.is_device_only:
-                continue
-            head, _ = work.plan.split(cut.name)
-            values = head(work.example_input)
-            values = values if isinstance(values, tuple) else (values,)
-            per_cut[cut.name] = request_overhead(values, work.codec, cut.bytes_up, secret)
-    return wire_frame_bytes(secret).with_cuts(per_cut)
-
-
-def build_scenario(cfg: DictConfig, link: Any, needs_images: bool = True) -> Scenario:
-    """Dataset, workload, profiles, channel traces (bound to ``link``) and server-load model."""
-    dataset = instantiate(cfg.dataset)
-    work = build_workload(cfg, dataset)
-    n_requests = int(cfg.get("requests") or len(dataset))
-    if needs_images:  # each real request classifies one image; the simulator needs none
-        n_requests = min(n_requests, len(dataset))
-    if n_requests <= 0:
-        raise ConfigError("the run has no requests: the dataset is empty or dataset.limit is 0")
-    profiles = get_profiles(work.model, work.plan, work.example_input, work.codec, cfg.device, cfg.server,
-                            cfg.profile)
-    uplink = instantiate(cfg.channel)
-    downlink = instantiate(cfg.downlink) if cfg.get("downlink") else None
-    link.bind(uplink, downlink)
-    frames = frame_bytes(work, profiles, secret=auth_secret(cfg.server) is not None)
-    return Scenario(work, profiles, uplink, link.downlink_trace, instantiate(cfg.server_load), link, dataset,
-                    n_requests, frames)
-
-
-def make_env(cfg: DictConfig, scenario: Scenario, policy_cfg: Any) -> RunEnv:
-    """Fresh policy, estimator and arrivals on the shared scenario, for one policy's run.
-
-    The true RTT is the link's (twice its one-way delay) on both runtimes: the real link adds
-    that delay and ignores RTT columns of traces, so the simulator does the same."""
-    delay = scenario.link.one_way_delay_s
-    latency_model = LatencyModel(scenario.profiles, rtt_s=float(cfg.link.get("rtt_s", 0.0) or 0.0),
-                                 one_way_delay_s=delay, frames=scenario.frames)
-    return RunEnv(candidates=list(scenario.profiles.cuts), latency_model=latency_model,
-                  policy=instantiate(policy_cfg), estimator=instantiate(cfg.estimator),
-                  arrivals=instantiate(cfg.arrivals), uplink=scenario.uplink, downlink=scenario.downlink,
-                  load_model=scenario.load_model, n_requests=scenario.n_requests, seed=int(cfg.seed),
-                  rtt_s=2 * delay, timeout_s=float(cfg.link.get("max_transfer_s") or 5.0))
-
-
-def policy_config(name: str) -> Any:
-    """The config of policy ``name`` from conf/policy/NAME.yaml (for the comparison runs)."""
-    path = config_dir() / "policy" / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"compare_with names an unknown policy {name!r}; see conf/policy/ for the options")
-    return OmegaConf.load(path)
 
 
 def policies_to_run(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
@@ -118,33 +33,25 @@ def policies_to_run(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
 def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Run ``cfg.policy`` (and ``cfg.compare_with``) and log to MLflow; returns the summary."""
     started = time.perf_counter()
-    torch.set_num_threads(int(cfg.device.threads))  # this process is the end device
-    pin_to_cores(cfg.device.get("pin_cores"))
-    runtime = instantiate(cfg.runtime)
     main_name, policies = policies_to_run(cfg)
     tracking = cfg.tracking
     results: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
-        link = instantiate(cfg.link)
-        clock = ScenarioClock()
-        # device side first (a missing head is fitted once; profiles are timed on a quiet machine),
-        # then the server process, which loads its model while the MLflow run is being opened
-        scenario = build_scenario(cfg, link, needs_images=runtime.needs_sockets)
-        server = launch_server(cfg, link, clock, stack, out_dir) if runtime.needs_sockets else None
+        session = stack.enter_context(ExperimentSession(cfg, out_dir))
+        # the server process loads its model while the MLflow run is being opened
         tracker = stack.enter_context(start_run_from_config(tracking, config=config,
                                                             run_name=tracking.get("run_name")))
         tracker.log_artifact(save_private_config(cfg, out_dir / "config.yaml"))
-        if runtime.needs_sockets:
-            runtime.attach(open_socket_session(cfg, scenario, server, clock))
+        session.connect()
         try:
             for name, policy_cfg in policies.items():
-                records = runtime.run(make_env(cfg, scenario, policy_cfg))
+                records = session.run_env(make_env(cfg, session.scenario, policy_cfg))
                 results[name] = {"records": records, "metrics": summarize(records)}
         except BaseException:  # Ctrl-C or a crash: keep what was measured, the run ends KILLED/FAILED
-            log_partial(tracker, runtime, results)
+            log_partial(tracker, session.runtime, results)
             raise
         main = results[main_name]
-        log_main_run(tracker, main, scenario, out_dir)
+        log_main_run(tracker, main, session.scenario, out_dir)
         comparison = log_comparison(tracker, results, main_name, out_dir)
         tracker.log_metrics({"wall_s": time.perf_counter() - started})
         print_summary(tracker, main, comparison, tracking)
@@ -189,8 +96,6 @@ def log_comparison(tracker: Any, results: dict[str, dict[str, Any]], main_name: 
                                  f"{name}_latency_ms_p95": m.get("latency_ms_p95")})
     if len(rows) > 1:
         tracker.log_records(rows, "comparison.csv")
-        from splitcomp.track.plots import log_latency_cdf
-
         log_latency_cdf(tracker, {n: r["records"] for n, r in results.items()}, out_dir)
     return rows
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from splitcomp.profile.check import ProfileCheckError
 from splitcomp.profile.latency import Profiles
 from splitcomp.profile.profiler import get_profiles
-from splitcomp.tasks.build import build_workload
+from splitcomp.build import build_workload
 from splitcomp.tasks.common import CONF_DIR, config_dict, user_errors_are_one_line
 from splitcomp.track import start_run_from_config
 

@@ -9,8 +9,8 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
+from splitcomp.build import socket_bench
 from splitcomp.records import PART_FIELDS, RECORD_FIELDS
-from splitcomp.runtime.bench import socket_bench
 
 BASE = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset.image_size=64", "link=shaped",
         "server_load=none", "profile.batch_sizes=[1]", "profile.repeats=3", "estimator=ewma"]

@@ -14,6 +14,7 @@ import zstandard
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from splitcomp.build import build_workload
 from splitcomp.link.auth import new_nonce
 from splitcomp.link.codecs import (
     EncodedTensor,
@@ -41,7 +42,6 @@ from splitcomp.runtime.socket_runtime import SocketParts, SocketRuntime
 from splitcomp.scenario import constant
 from splitcomp.scenario.arrivals import ClosedLoop
 from splitcomp.sim import RunEnv
-from splitcomp.tasks.build import build_workload
 from splitcomp.tasks.common import CONF_DIR
 
 # --- fuzzing a live server ---------------------------------------------------------------------
