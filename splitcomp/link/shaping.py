@@ -25,6 +25,7 @@ import math
 import socket
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -68,14 +69,19 @@ class ScenarioClock:
         return f"ScenarioClock(origin={self.origin!r})"
 
 
-def sleep_until(clock: ScenarioClock, t: float, spin_s: float = 0.001) -> None:
-    """Wait until ``clock.now() >= t``: sleep for the bulk, spin for the last ``spin_s`` seconds
+def wait_until(now: Callable[[], float], t: float, spin_s: float = 0.001) -> None:
+    """Wait until ``now() >= t``: sleep for the bulk, spin for the last ``spin_s`` seconds
     (``time.sleep`` overshoots by ~0.1 ms, which would add up over many chunks)."""
-    left = t - clock.now()
+    left = t - now()
     if left > spin_s:
         time.sleep(left - spin_s)
-    while clock.now() < t:
+    while now() < t:
         pass
+
+
+def sleep_until(clock: ScenarioClock, t: float, spin_s: float = 0.001) -> None:
+    """Wait until ``clock.now() >= t`` (see :func:`wait_until`)."""
+    wait_until(clock.now, t, spin_s)
 
 
 @dataclass
@@ -259,17 +265,22 @@ class Link(ABC):
         return f"{type(self).__name__}(delay_s={self.one_way_delay_s:g}, downlink={self.downlink!r})"
 
 
+def tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+    """TCP connection with Nagle off (messages are written whole); raises ``OSError``."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def open_connection(host: str, port: int, timeout: float) -> socket.socket:
-    """TCP connection with TCP_NODELAY; an unreachable server is a :class:`PeerError`."""
+    """:func:`tcp_connect`; an unreachable server is a :class:`PeerError`."""
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        return tcp_connect(host, port, timeout)
     except OSError as exc:
         raise PeerError(
             f"cannot connect to the edge server at {host}:{port} ({exc.strerror or exc}); "
             "check that the server is running and the host/port match"
         ) from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 class LoopbackLink(Link):

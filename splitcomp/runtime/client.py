@@ -24,7 +24,7 @@ from splitcomp.errors import PeerError
 from splitcomp.link.auth import FrameAuth, new_nonce, session_key
 from splitcomp.link.codecs import Codec, RawCodec
 from splitcomp.link.frame_bytes import probe_meta, request_meta
-from splitcomp.link.shaping import LinkTimeout
+from splitcomp.link.shaping import LinkTimeout, tcp_connect
 from splitcomp.link.wire import (
     PREFIX,
     AuthError,
@@ -152,15 +152,12 @@ class EdgeClient:
 
     def _open_socket(self) -> socket.socket:
         try:
-            if self.link is not None:
-                sock = self.link.connect(self.host, self.port, self.connect_timeout_s)
-            else:
-                sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
+            connect = self.link.connect if self.link is not None else tcp_connect
+            sock = connect(self.host, self.port, self.connect_timeout_s)
         except OSError as exc:
             raise ConnectionLost(f"cannot reach the edge server at {self.host}:{self.port} ({exc.strerror or exc}); "
                                  "start it with splitcomp-serve or check server.address") from None
         sock.settimeout(self.io_timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is None:
             return sock
         try:
