@@ -242,10 +242,6 @@ def resign(frame: bytes, auth: FrameAuth) -> bytes:
     return b"".join([prefix, header, header_tag, payload, frame_tag])
 
 
-def send_frame(sock: socket.socket, frame_bytes: bytes) -> None:
-    sock.sendall(frame_bytes)
-
-
 # --- validating prefix and header -----------------------------------------------------------
 def parse_prefix(prefix: bytes, limits: Limits) -> tuple[Kind, int, int, int]:
     """Validate the fixed prefix; returns (kind, flags, header_len, payload_len)."""
