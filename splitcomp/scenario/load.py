@@ -31,6 +31,7 @@ from splitcomp.scenario.loaders import (
     read_text,
     resolve_path,
 )
+from splitcomp.scenario.trace import time_value_pairs
 
 
 class LoadModel:
@@ -213,13 +214,7 @@ def _schedule(schedule: Iterable[Sequence[float]] | None, what: str) -> tuple[np
     """A config schedule ``[[t_s, value], ...]`` as two arrays, validated."""
     if schedule is None:
         return np.empty(0), np.empty(0)
-    try:
-        pairs = [tuple(float(v) for v in pair) for pair in schedule]
-    except (TypeError, ValueError):
-        pairs = [()]
-    if not pairs or any(len(p) != 2 for p in pairs):
-        raise ConfigError(f"{what} must be a non-empty list of [t_s, value] pairs, got {schedule!r}")
-    times, values = (np.array(col) for col in zip(*pairs, strict=True))
+    times, values = time_value_pairs(schedule, what)
     _check_times(times, ConfigError, what)
     return times, values
 
