@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from toy_profiles import DEVICE_ONLY_S, toy_candidates
 
 from splitcomp.errors import ConfigError
 from splitcomp.policy import (
@@ -34,21 +35,11 @@ OLD_FIELDS = {
     "queue_s", "server_s", "downlink_s", "decode_s", "latency_s", "predicted_latency_s", "rate_trace_bps",
     "rate_estimate_bps", "server_load", "fallback", "prediction", "reference", "label",
 }
-DEVICE_ONLY_S = 0.080
 
 
 def candidates() -> list[CutProfile]:
-    """Full offloading wins above ~40 Mbit/s, "mid" from ~5 to ~40, device-only (80 ms) below."""
-    def cut(index, name, up, head, tail, **flags):
-        tails = {1: 0.0} if flags.get("is_device_only") else {1: tail, 8: 4 * tail}
-        return CutProfile(index, name, up, 0 if flags.get("is_device_only") else 40, {1: head}, tails, **flags)
-
-    return [
-        cut(0, "input", 150_000, 0.0, 0.010, is_full_offload=True),
-        cut(3, "mid", 20_000, 0.030, 0.006, encode_s=0.001, decode_s=0.001),
-        cut(6, "late", 4_000, 0.060, 0.002),
-        cut(9, "output", 0, DEVICE_ONLY_S, 0.0, is_device_only=True),
-    ]
+    """The toy profiles, with a codec time on the "mid" cut."""
+    return toy_candidates(mid_codec_s=0.001)
 
 
 def env(uplink: Trace, policy=None, n: int = 200, **kw) -> RunEnv:
