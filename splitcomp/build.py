@@ -53,8 +53,10 @@ from splitcomp.scenario.load import LoadModel
 from splitcomp.scenario.trace import Trace
 from splitcomp.sim import SimBackend
 from splitcomp.split import SplitPlan, analyze
+from splitcomp.workload.fitting import fit_missing_head, fitted_model
 
 log = logging.getLogger("splitcomp")
+FITTED_MODEL = f"{fitted_model.__module__}.{fitted_model.__name__}"
 
 
 # --- composing config ------------------------------------------------------------------------------
@@ -119,10 +121,20 @@ def example_input(cfg: DictConfig, dataset: Any = None) -> torch.Tensor:
     return torch.zeros(1, channels, size, size, dtype=torch.uint8)
 
 
+def build_model(model_cfg: DictConfig, seed: int = 0) -> nn.Module:
+    """The ``model`` config's network in eval mode, its random weights (if any) drawn from ``seed``
+    so that both sides build the same. A fitted-head model whose head is missing is fitted first,
+    as a logged step of its own (see ``fit_missing_head``); instantiating the config only loads."""
+    fitted = model_cfg.get("_target_") == FITTED_MODEL
+    if fitted and model_cfg.get("fit_if_missing", True):
+        fit_missing_head(model_cfg.backbone, model_cfg.dataset, model_cfg.get("checkpoint"), model_cfg.get("fit"))
+    torch.manual_seed(seed)
+    return (instantiate(model_cfg, fit_if_missing=False) if fitted else instantiate(model_cfg)).eval()
+
+
 def build_workload(cfg: DictConfig, dataset: Any = None) -> Workload:
     """Model (eval mode), example input, codec, split plan and the model's fingerprint."""
-    torch.manual_seed(int(cfg.get("seed", 0)))  # untrained weights must be the same on both sides
-    model: nn.Module = instantiate(cfg.model).eval()
+    model = build_model(cfg.model, int(cfg.get("seed", 0)))
     codec = instantiate(cfg.codec)
     rule = instantiate(cfg.bottleneck)
     x = example_input(cfg, dataset)
