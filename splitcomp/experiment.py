@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,31 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from splitcomp.build import ExperimentSession, Scenario, make_env, policy_config
+from splitcomp.records import RequestRecord
 from splitcomp.redact import save_private_config
 from splitcomp.track import start_run_from_config
 from splitcomp.track.plots import log_latency_cdf, log_run_plots
 from splitcomp.track.summary import summarize
 
 log = logging.getLogger("splitcomp")
+
+
+@dataclass
+class PolicyResult:
+    """One policy's run on the experiment's scenario: its records and their summary metrics."""
+
+    records: list[RequestRecord]
+    metrics: dict[str, float]
+
+
+@dataclass
+class ExperimentResult:
+    """What ``run_experiment`` returns: the main policy's metrics, one comparison row per policy
+    (as logged in ``comparison.csv``) and the MLflow run's id."""
+
+    metrics: dict[str, float]
+    comparison: list[dict[str, Any]]
+    run_id: str
 
 
 def policies_to_run(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
@@ -30,12 +50,12 @@ def policies_to_run(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     return main_name, policies
 
 
-def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> ExperimentResult:
     """Run ``cfg.policy`` (and ``cfg.compare_with``) and log to MLflow; returns the summary."""
     started = time.perf_counter()
     main_name, policies = policies_to_run(cfg)
     tracking = cfg.tracking
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, PolicyResult] = {}
     with ExitStack() as stack:
         session = stack.enter_context(ExperimentSession(cfg, out_dir))
         # the server process loads its model while the MLflow run is being opened
@@ -46,7 +66,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> di
         try:
             for name, policy_cfg in policies.items():
                 records = session.run_env(make_env(cfg, session.scenario, policy_cfg))
-                results[name] = {"records": records, "metrics": summarize(records)}
+                results[name] = PolicyResult(records, summarize(records))
         except BaseException:  # Ctrl-C or a crash: keep what was measured, the run ends KILLED/FAILED
             log_partial(tracker, session.runtime, results)
             raise
@@ -55,22 +75,22 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> di
         comparison = log_comparison(tracker, results, main_name, out_dir)
         tracker.log_metrics({"wall_s": time.perf_counter() - started})
         print_summary(tracker, main, comparison, tracking)
-    return {"metrics": main["metrics"], "comparison": comparison, "run_id": tracker.run_id}
+    return ExperimentResult(main.metrics, comparison, tracker.run_id)
 
 
-def log_partial(tracker: Any, runtime: Any, results: dict[str, dict[str, Any]]) -> None:
+def log_partial(tracker: Any, runtime: Any, results: dict[str, PolicyResult]) -> None:
     """Log the records gathered before an interruption (finished policies and the one running)."""
     for name, result in results.items():
-        tracker.log_records(result["records"], f"records_{name}.csv")
+        tracker.log_records(result.records, f"records_{name}.csv")
     partial = list(getattr(runtime, "records", []) or [])
     if partial:
         tracker.log_records(partial, "records_partial.csv")
         tracker.log_metrics({f"partial_{k}": v for k, v in summarize(partial).items()})
 
 
-def log_main_run(tracker: Any, main: dict[str, Any], scenario: Scenario, out_dir: Path) -> None:
-    records = main["records"]
-    tracker.log_metrics(main["metrics"])
+def log_main_run(tracker: Any, main: PolicyResult, scenario: Scenario, out_dir: Path) -> None:
+    records = main.records
+    tracker.log_metrics(main.metrics)
     tracker.log_records(records, "records.csv")
     for key in ("rate_trace_bps", "rate_estimate_bps", "server_load", "cut", "predicted_latency_s", "latency_s"):
         values = [float(r[key]) for r in records if r.get(key) is not None]
@@ -79,12 +99,13 @@ def log_main_run(tracker: Any, main: dict[str, Any], scenario: Scenario, out_dir
     log_run_plots(tracker, records, scenario.uplink, out_dir)
 
 
-def log_comparison(tracker: Any, results: dict[str, dict[str, Any]], main_name: str, out_dir: Path) -> list[dict]:
+def log_comparison(tracker: Any, results: dict[str, PolicyResult], main_name: str,
+                   out_dir: Path) -> list[dict[str, Any]]:
     """One row per policy on the same scenario; latency ratios to the oracle when it ran."""
     rows = []
-    oracle = results.get("oracle", {}).get("metrics", {}).get("latency_ms_mean")
+    oracle = results["oracle"].metrics.get("latency_ms_mean") if "oracle" in results else None
     for name, result in results.items():
-        m = result["metrics"]
+        m = result.metrics
         row = {"policy": name, "requests": m.get("requests"), "latency_ms_mean": m.get("latency_ms_mean"),
                "latency_ms_p95": m.get("latency_ms_p95"), "agreement": m.get("agreement"),
                "bytes_sent_mean": m.get("bytes_sent_mean")}
@@ -96,12 +117,12 @@ def log_comparison(tracker: Any, results: dict[str, dict[str, Any]], main_name: 
                                  f"{name}_latency_ms_p95": m.get("latency_ms_p95")})
     if len(rows) > 1:
         tracker.log_records(rows, "comparison.csv")
-        log_latency_cdf(tracker, {n: r["records"] for n, r in results.items()}, out_dir)
+        log_latency_cdf(tracker, {n: r.records for n, r in results.items()}, out_dir)
     return rows
 
 
-def print_summary(tracker: Any, main: dict[str, Any], comparison: list[dict], tracking: Any) -> None:
-    m = main["metrics"]
+def print_summary(tracker: Any, main: PolicyResult, comparison: list[dict[str, Any]], tracking: Any) -> None:
+    m = main.metrics
     if len(comparison) > 1:
         print("\npolicy          mean ms   p95 ms  x oracle  agreement")
         for row in comparison:
