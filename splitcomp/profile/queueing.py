@@ -22,10 +22,9 @@ into a :class:`~splitcomp.records.ServerLoad`:
 
 from __future__ import annotations
 
-from typing import Any
-
 from splitcomp.profile.latency import CutProfile
 from splitcomp.records import ServerLoad
+from splitcomp.scenario.load import LoadModel
 
 FIXED_POINT_STEPS = 4
 
@@ -33,7 +32,7 @@ FIXED_POINT_STEPS = 4
 class TrueLoad:
     """The true :class:`ServerLoad` at scenario time ``t`` under ``load_model`` (None: idle)."""
 
-    def __init__(self, load_model: Any, candidates: list[CutProfile], client_share: float = 0.5) -> None:
+    def __init__(self, load_model: LoadModel | None, candidates: list[CutProfile], client_share: float = 0.5) -> None:
         self.load_model = load_model
         self.client_share = float(client_share)
         by_name = {c.name: c for c in candidates}

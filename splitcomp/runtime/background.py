@@ -11,6 +11,8 @@ import numpy as np
 
 from splitcomp.errors import PeerError
 from splitcomp.link.codecs import RawCodec
+from splitcomp.link.shaping import ScenarioClock
+from splitcomp.scenario.load import LoadModel
 
 log = logging.getLogger("splitcomp")
 
@@ -22,7 +24,7 @@ class BackgroundClients:
     ``rate_hz`` a client waits an exponential gap of mean ``1 / rate_hz`` after each answer,
     drawn from a generator seeded by ``seed`` and its number; without, it sends again at once."""
 
-    def __init__(self, load_model: Any, connect: Callable[[], Any], values: tuple[Any, ...], clock: Any,
+    def __init__(self, load_model: LoadModel, connect: Callable[[], Any], values: tuple[Any, ...], clock: ScenarioClock,
                  cut_index: int = 0, rate_hz: float | None = None, seed: int | None = None) -> None:
         self.load_model = load_model
         self.connect = connect

@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -34,8 +34,11 @@ from splitcomp.scenario.loaders import (
 from splitcomp.scenario.trace import time_value_pairs
 
 
-class LoadModel:
-    """Base of the server-load models: no load at any time."""
+@runtime_checkable
+class LoadModel(Protocol):
+    """What a server-load model answers (the runtime, the simulator and hindsight policies ask).
+    The models here derive from it and inherit its answers for no load; any object with these
+    methods will do."""
 
     kind: str = "none"
 
