@@ -124,3 +124,27 @@ def test_library_never_imports_entry_points():
         if target.startswith(ENTRY_POINTS)
     )
     assert not upward, "library modules importing entry points: " + ", ".join(upward)
+
+
+# The rooms of the package, lowest first, as README's "Layout" lists them: a room imports only rooms
+# before it. A new room goes into this list (and the README) where its imports put it.
+ROOMS = ("errors", "files", "redact", "configs", "records", "scenario", "link", "split", "workload", "profile",
+         "policy", "loop", "sim", "runtime", "track", "build", "experiment", "tasks")
+
+
+def room(module: str) -> str:
+    return module.split(".")[1] if module.count(".") >= 1 else module
+
+
+def test_rooms_import_only_rooms_below_them():
+    graph = import_graph()
+    rooms = {room(module) for module in graph if module != "splitcomp"}
+    assert rooms <= set(ROOMS), f"rooms missing from ROOMS (and README's Layout): {sorted(rooms - set(ROOMS))}"
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module != "splitcomp"
+        for target in targets
+        if target.startswith("splitcomp.") and ROOMS.index(room(target)) > ROOMS.index(room(module))
+    )
+    assert not upward, "imports up the floors: " + ", ".join(upward)
