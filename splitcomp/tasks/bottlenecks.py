@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from splitcomp.build import build_model
 from splitcomp.split import SplitPlan, analyze
 from splitcomp.split.report import COLUMNS, cut_rows, markdown_table
 from splitcomp.tasks.common import CONF_DIR, config_dict, user_errors_are_one_line
@@ -45,7 +46,7 @@ def summary_table(plan: SplitPlan) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    model = instantiate(cfg.model).eval()
+    model = build_model(cfg.model, int(cfg.get("seed", 0)))  # a missing fitted head is fitted first, logged
     codec = instantiate(cfg.codec)
     rule = instantiate(cfg.bottleneck)
     size = int(cfg.dataset.image_size)
