@@ -45,7 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from splitcomp.configs import project_root
+
+ROOT = project_root()
 OVERRIDES = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset=samples", "dataset.image_size=64",
              "codec=zstd", "link=loopback", "server.threads=1", "server.host=127.0.0.1", "server.port=0"]
 ATTACK_ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
@@ -65,11 +67,11 @@ class LegitDevice:
     def __init__(self, cfg: Any, port: int) -> None:
         from hydra.utils import instantiate
 
+        from splitcomp.build import build_workload
         from splitcomp.link.shaping import ScenarioClock
         from splitcomp.runtime.client import EdgeClient
         from splitcomp.runtime.device import Device
         from splitcomp.runtime.security import auth_secret
-        from splitcomp.tasks.build import build_workload
 
         self.work = build_workload(cfg)
         plan = self.work.plan

@@ -126,7 +126,7 @@ def frame_roundtrip(client: socket.socket, server: socket.socket, tensor: torch.
     out: list = []
     reader = threading.Thread(target=lambda: out.append(wire.read_frame(server).values()))
     reader.start()
-    wire.send_frame(client, wire.encode_frame(wire.Kind.REQUEST, {"cut": 0}, [tensor]))
+    client.sendall(wire.encode_frame(wire.Kind.REQUEST, {"cut": 0}, [tensor]))
     reader.join()
     if not torch.equal(out[0][0], tensor):
         raise AssertionError("frame path changed the tensor")

@@ -16,7 +16,7 @@ Targets:
 Profiles: ``--profiles PATH`` takes a measured profiles JSON (``splitcomp.profile.latency.Profiles``);
 without it, :func:`reference_profiles` gives a documented EfficientNet-Lite0-like set.
 ``--socket`` also replays a few windows on the real socket runtime with the configured model
-(:func:`splitcomp.runtime.bench.run_policies`); its target joins the list as
+(:func:`socket_policies.run_policies`); its target joins the list as
 ``socket_dynamic_mean_over_oracle``.
 
     python experiments/bench_policies.py --quick --json outputs/bench_policies.json
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from splitcomp.configs import project_root
 from splitcomp.policy import (
     Bandit,
     BestStatic,
@@ -49,9 +50,9 @@ from splitcomp.policy import (
 from splitcomp.profile.latency import CutProfile, LatencyModel, Profiles
 from splitcomp.scenario import BatchLoad, ClientsLoad, load_trace
 from splitcomp.scenario.arrivals import Periodic
-from splitcomp.sim import RunEnv, compare_policies
+from splitcomp.sim import RunEnv, compare_policies, simulate_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = project_root()
 TRACES_DIR = ROOT / ".." / "shared" / "traces"
 
 # (kind, file under traces/): the uplink follows these downlink throughput logs (documented
@@ -120,7 +121,7 @@ def load_models(duration: float) -> dict[str, object]:
 
 def policies(flops: dict[str, list[float]] | None) -> dict[str, object]:
     return {
-        "device_only": DeviceOnly(), "server_only": ServerOnly(), "best_static": BestStatic(),
+        "device_only": DeviceOnly(), "server_only": ServerOnly(), "best_static": BestStatic(simulate=simulate_env),
         "dynamic": Dynamic(), "dynamic_h10": Dynamic(hysteresis=0.1), "neurosurgeon": Neurosurgeon(flops),
         "bandit": Bandit(), "oracle": Oracle(),
     }
@@ -159,12 +160,10 @@ def run_window(candidates, model, trace, load, args) -> dict[str, dict]:
 
 
 def socket_part(args) -> dict:
-    """Real-socket replay of a few windows; skipped when the runtime offers no entry point."""
-    try:
-        from splitcomp.runtime import bench as runtime_bench  # type: ignore[attr-defined]
-    except ImportError as exc:
-        return {"status": "skipped", "reason": f"splitcomp.runtime has no benchmark entry point ({exc})"}
-    return {"status": "ran", "result": runtime_bench.run_policies(quick=args.quick)}
+    """Real-socket replay of a few windows (experiments/socket_policies.py)."""
+    from socket_policies import run_policies  # beside this script
+
+    return {"status": "ran", "result": run_policies(quick=args.quick)}
 
 
 def main(argv: list[str] | None = None) -> int:

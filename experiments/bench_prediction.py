@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from splitcomp.build import socket_bench
+from splitcomp.configs import project_root
 from splitcomp.errors import SplitcompError
-from splitcomp.runtime.bench import ROOT, socket_bench
 
 RATES_BPS = (5e6, 20e6, 100e6)
 LOADS = {
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rows = []
-    (ROOT / "outputs" / "bench").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=ROOT / "outputs" / "bench") as tmp:
+    (project_root() / "outputs" / "bench").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=project_root() / "outputs" / "bench") as tmp:
         work_dir = Path(tmp)
         (work_dir / "slowdown2.csv").write_text("t_s,slowdown\n0,2.0\n")
         try:

@@ -35,7 +35,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from splitcomp.configs import project_root
+
+ROOT = project_root()
 JOB = ["runtime=sim", "model=torchvision", "model.name=mobilenet_v3_small", "model.weights=null", "dataset=samples",
        "dataset.image_size=64", "compare_with=[]", "profile.batch_sizes=[1,2]", "profile.repeats=2",
        "profile.check=false"]  # launchers are measured here, not profiles: taken as measured, also on a busy machine

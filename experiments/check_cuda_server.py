@@ -35,13 +35,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from splitcomp.build import Workload, build_workload
 from splitcomp.link.shaping import ScenarioClock
 from splitcomp.runtime.client import EdgeClient
 from splitcomp.runtime.process import bind_listener
 from splitcomp.runtime.server import EdgeServer
 from splitcomp.runtime.tails import TailBank
 from splitcomp.split import analyze
-from splitcomp.tasks.build import Workload, build_workload
 from splitcomp.tasks.common import CONF_DIR
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -124,7 +124,7 @@ def serve_and_check(cfg: Any, work: Workload, images: torch.Tensor, reference: t
                     values = tuple(head(images[i : i + 1]))
                 reply = client.exchange(client.request_frame(i, cut.index, values, work.codec))
                 rows.append(reply.logits.float().cpu())
-                tails.append(reply.report["tail_s"])
+                tails.append(reply.report.tail_s)
             checks.append(compare(cut, torch.cat(rows), reference, tails, rtol))
     finally:
         client.close()

@@ -56,6 +56,7 @@ from grid_plots import (
     split_mask,
 )
 
+from splitcomp.configs import project_root
 from splitcomp.link.codecs import Float16Codec, RawCodec
 from splitcomp.profile import get_profiles
 from splitcomp.profile.latency import Profiles, ServerLoad
@@ -63,7 +64,7 @@ from splitcomp.split import analyze
 from splitcomp.track import start_run
 from splitcomp.track.report import markdown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = project_root()
 SERVER_BATCH_AXES = GridAxes(np.array([r * MBIT for r in range(1, 8)] + [r * MBYTE for r in range(1, 128)]),
                              np.arange(1, 63), "server batch")
 

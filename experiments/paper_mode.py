@@ -62,6 +62,7 @@ from grid_plots import (
 )
 from torch import nn
 
+from splitcomp.configs import project_root
 from splitcomp.link.codecs import Float16Codec, RawCodec
 from splitcomp.profile.cache import cpu_kind
 from splitcomp.profile.latency import Profiles
@@ -77,7 +78,7 @@ from splitcomp.split import BlockOutputsRule, SplitPlan, analyze
 from splitcomp.track import start_run
 from splitcomp.track.report import markdown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = project_root()
 PAPER_MODELS = ("efficientnet_b0", "vit_b_32", "vgg16")
 BATCHES = np.arange(1, 63)
 PANEL_BATCHES = (1, 8, 32, 62)

@@ -25,3 +25,10 @@ def config_dir() -> Path:
             return folder
     raise ConfigError(f"the splitcomp configs are missing (looked in {' and '.join(map(str, candidates))}); "
                       "reinstall the package")
+
+
+def project_root() -> Path:
+    """The folder that relative paths in the configs (``conf/server_load/examples/...``,
+    ``../shared/traces/...``, ``outputs/...``) start from when the working directory does not hold
+    them: the repository in a checkout, the package's folder in an installed wheel."""
+    return config_dir().parent

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from toy_profiles import DEVICE_ONLY_S, toy_candidates
 
 from splitcomp.errors import ConfigError
 from splitcomp.policy import (
@@ -23,31 +24,22 @@ from splitcomp.policy import (
     Static,
 )
 from splitcomp.profile.latency import CutProfile, LatencyModel, Profiles
+from splitcomp.records import PART_FIELDS
 from splitcomp.scenario import BatchLoad, ClientsLoad, LoadModel, markov, random_walk, square, step
 from splitcomp.scenario.arrivals import ClosedLoop, Periodic, Poisson
 from splitcomp.scenario.trace import Trace
 from splitcomp.sim import RECORD_FIELDS, RunEnv, SimRuntime, compare_policies, simulate, simulate_env
 
-CONTRACT_FIELDS = {
+OLD_FIELDS = {
     "request", "t_start", "cut", "cut_name", "bytes_up", "bytes_down", "device_s", "encode_s", "uplink_s",
     "queue_s", "server_s", "downlink_s", "decode_s", "latency_s", "predicted_latency_s", "rate_trace_bps",
     "rate_estimate_bps", "server_load", "fallback", "prediction", "reference", "label",
 }
-DEVICE_ONLY_S = 0.080
 
 
 def candidates() -> list[CutProfile]:
-    """Full offloading wins above ~40 Mbit/s, "mid" from ~5 to ~40, device-only (80 ms) below."""
-    def cut(index, name, up, head, tail, **flags):
-        tails = {1: 0.0} if flags.get("is_device_only") else {1: tail, 8: 4 * tail}
-        return CutProfile(index, name, up, 0 if flags.get("is_device_only") else 40, {1: head}, tails, **flags)
-
-    return [
-        cut(0, "input", 150_000, 0.0, 0.010, is_full_offload=True),
-        cut(3, "mid", 20_000, 0.030, 0.006, encode_s=0.001, decode_s=0.001),
-        cut(6, "late", 4_000, 0.060, 0.002),
-        cut(9, "output", 0, DEVICE_ONLY_S, 0.0, is_device_only=True),
-    ]
+    """The toy profiles, with a codec time on the "mid" cut."""
+    return toy_candidates(mid_codec_s=0.001)
 
 
 def env(uplink: Trace, policy=None, n: int = 200, **kw) -> RunEnv:
@@ -80,12 +72,14 @@ SCENARIOS = {
 }
 
 
-def test_records_have_exactly_the_contract_fields():
-    records = simulate_env(env(OUTAGE, n=50))
-    assert set(RECORD_FIELDS) == CONTRACT_FIELDS
+def test_records_keep_every_field_users_know_and_their_parts_add_up():
+    records = simulate_env(env(OUTAGE, n=50, load_model=ClientsLoad(clients=2, rate_hz=10)))
+    assert OLD_FIELDS <= set(RECORD_FIELDS)
     for r in records:
-        assert set(r) == CONTRACT_FIELDS
+        assert tuple(r) == RECORD_FIELDS
         assert r["prediction"] is None and r["reference"] is None and r["label"] is None
+        assert sum(r[k] for k in PART_FIELDS) == pytest.approx(r["latency_s"], abs=1e-9)
+        assert r["unaccounted_s"] == pytest.approx(0.0, abs=1e-9)
     assert [r["request"] for r in records] == list(range(50))
 
 
@@ -96,14 +90,14 @@ def test_oracle_is_never_slower_than_any_policy(name):
     base = env(uplink, n=200, load_model=load)
     policies = {
         "oracle": Oracle(), "device_only": DeviceOnly(), "server_only": ServerOnly(), "mid": Static("mid"),
-        "best_static": BestStatic(), "dynamic": Dynamic(), "dynamic_h": Dynamic(hysteresis=0.2),
+        "best_static": BestStatic(simulate=simulate_env), "dynamic": Dynamic(), "dynamic_h": Dynamic(hysteresis=0.2),
         "neurosurgeon": Neurosurgeon(), "bandit": Bandit(),
     }
     runs = compare_policies(base, policies)
     oracle = latencies(runs["oracle"])
-    starts = [r["t_start"] for r in runs["oracle"]]
+    starts = [r["t_due"] for r in runs["oracle"]]
     for policy, records in runs.items():
-        assert [r["t_start"] for r in records] == starts
+        assert [r["t_due"] for r in records] == starts
         lat = latencies(records)
         assert np.all(oracle <= lat + 1e-9), f"{policy} beats the oracle on {name}"
         assert oracle.mean() <= lat.mean() + 1e-12
@@ -136,18 +130,25 @@ def test_a_fixed_seed_gives_identical_runs():
 
 
 def test_the_estimator_learns_the_rate_from_the_uplink_transfers():
-    records = simulate_env(env(Trace([0.0], [20e6], 30.0), policy=Static("input"), estimator=LastEstimator()))
+    e = env(Trace([0.0], [20e6], 30.0), policy=Static("input"), estimator=LastEstimator())
+    records = simulate_env(e)
     assert records[-1]["rate_estimate_bps"] == pytest.approx(20e6)
-    assert records[-1]["bytes_up"] == 150_000 + 200  # payload plus the frame overhead
+    frame = e.latency_model.frames.request_bytes("input", 150_000)
+    assert records[-1]["bytes_up"] == frame and 150_000 < frame < 150_400  # payload plus the frame's header
 
 
 def test_device_only_requests_feed_nothing_but_probes_keep_the_estimate_fresh():
-    stats = {}
-    e = env(step([[0, 20e6], [10, 5e6]], duration=20), policy=DeviceOnly(), estimator=LastEstimator(max_age_s=1.0))
-    records = simulate_env(e, stats=stats)
+    """Dynamic on a slow channel runs on the device; its probes (about one a second) follow the
+    rate. A policy that never reads the estimate never probes."""
+    slow = step([[0, 3e6], [10, 1e6]], duration=20)
+    stats, quiet = {}, {}
+    records = simulate_env(env(slow, policy=Dynamic(), estimator=LastEstimator(max_age_s=1.0)), stats=stats)
     assert all(r["bytes_up"] == 0 for r in records)
-    assert 15 <= stats["probes"] <= 21  # about one a second over 20 s
-    assert records[-1]["rate_estimate_bps"] == pytest.approx(5e6, rel=0.01)
+    assert 15 <= stats["probes"] <= 21
+    assert records[-1]["rate_estimate_bps"] == pytest.approx(1e6, rel=0.05)
+    assert all(r["probe_s"] <= DEVICE_ONLY_S + 1e-9 for r in records)  # a probe's deadline: the device-only time
+    simulate_env(env(slow, policy=DeviceOnly(), estimator=LastEstimator(max_age_s=1.0)), stats=quiet)
+    assert quiet["probes"] == 0
 
 
 def _offload_share_after(records, t):
@@ -184,9 +185,9 @@ def test_outages_end_in_a_timeout_and_a_fallback():
     records = simulate_env(env(OUTAGE, policy=ServerOnly(), n=200, timeout_s=1.0), stats=stats)
     fallbacks = [r for r in records if r["fallback"]]
     assert fallbacks and stats["fallbacks"] == len(fallbacks)
-    for r in fallbacks:
-        assert r["latency_s"] == pytest.approx(1.0 + DEVICE_ONLY_S)
-        assert r["bytes_down"] == 0
+    for r in fallbacks:  # the timeout, then the whole model on the device, after any wait
+        assert r["latency_s"] - r["wait_s"] == pytest.approx(1.0 + DEVICE_ONLY_S)
+        assert r["uplink_s"] == pytest.approx(1.0) and r["bytes_down"] == 0
     assert all(math.isfinite(r["latency_s"]) for r in records)
 
 
@@ -194,7 +195,8 @@ def test_a_dead_channel_never_divides_by_zero():
     dead = Trace([0.0], [0.0], 10.0)
     for policy in (Dynamic(), ServerOnly(), Oracle(), Bandit(), Neurosurgeon()):
         records = simulate_env(env(dead, policy=policy, n=30))
-        assert all(math.isfinite(r["latency_s"]) and r["latency_s"] <= 1.0 + DEVICE_ONLY_S + 1e-9 for r in records)
+        assert all(math.isfinite(r["latency_s"]) for r in records)
+        assert all(r["latency_s"] - r["wait_s"] - r["probe_s"] <= 1.0 + DEVICE_ONLY_S + 1e-9 for r in records)
     assert {r["cut_name"] for r in simulate_env(env(dead, n=30))} == {"output"}
 
 
@@ -203,7 +205,10 @@ def test_server_load_models_shape_the_server_terms():
     batch = simulate_env(env(fast, Static("input"), n=5, load_model=BatchLoad(batch_size=8)))
     assert batch[0]["server_s"] == pytest.approx(0.040) and batch[0]["server_load"] == 8
     clients = simulate_env(env(fast, Static("input"), n=5, load_model=ClientsLoad(clients=3, rate_hz=10)))
-    assert clients[0]["queue_s"] == pytest.approx(3 * (10 * 0.010) * 0.010)  # utilisation x service time
+    rho = 3 * 10 * 0.010 / (1 + 10 * 0.010)  # each client sends once per 1/rate_hz + its own service
+    assert clients[0]["queue_s"] == pytest.approx(rho * 0.010 / (2 * (1 - rho)), rel=0.05)  # M/D/1
+    closed = simulate_env(env(fast, Static("input"), n=5, load_model=ClientsLoad(clients=3)))
+    assert closed[0]["queue_s"] == pytest.approx(2.5 * 0.010)  # two queued ahead and half of one running
     slow = simulate_env(env(fast, Static("mid"), n=5, load_model=Slowdown()))
     assert slow[0]["server_s"] == pytest.approx(3 * 0.006)
 
@@ -232,3 +237,25 @@ def test_simulate_checks_its_arguments():
         simulate([], e.latency_model, Dynamic(), e.estimator, e.arrivals, e.uplink)
     with pytest.raises(ConfigError):
         simulate_env(dataclasses.replace(e, timeout_s=0))
+
+
+def test_a_device_that_stopped_offloading_learns_from_probes_when_the_load_drops():
+    fast = Trace([0.0], [300e6], 30.0)
+    records = simulate_env(env(fast, n=300, load_model=BatchLoad(schedule=[[0, 1], [10, 64], [20, 1]])))
+    assert all(r["cut_name"] != "input" for r in records if 12 < r["t_due"] < 20)
+    assert all(r["cut_name"] == "input" for r in records if r["t_due"] > 22)
+
+
+def test_a_probe_that_runs_past_the_due_time_is_inside_the_request():
+    """Dynamic on a channel too slow for a probe within its deadline: each probe costs the
+    request due meanwhile, and the time adds up."""
+    slow = Trace([0.0], [0.2e6], 30.0)  # a 16 kB probe needs 0.65 s
+    stats = {}
+    records = simulate_env(env(slow, n=40, arrivals=ClosedLoop(), estimator=EwmaEstimator(max_age_s=0.5)),
+                           stats=stats)
+    assert stats["failed_probes"] == stats["probes"] >= 5
+    held = [r for r in records if r["probe_s"] > 0]
+    assert len(held) == stats["probes"]
+    for r in held:  # closed loop: the probe starts when the request is due and runs to its deadline
+        assert r["probe_s"] == pytest.approx(DEVICE_ONLY_S)
+        assert r["latency_s"] == pytest.approx(r["probe_s"] + r["device_s"])

@@ -43,7 +43,6 @@ from typing import TypeVar
 from splitcomp.errors import ConfigError
 from splitcomp.link.shaping import (
     Link,
-    LinkTimeout,
     Pacer,
     ScenarioClock,
     TransferStats,
@@ -296,19 +295,19 @@ class KernelPacer(Pacer):
         release = start + self.delay_s + self._head_start_s(nbytes, start + self.delay_s, deadline)
         if release > deadline:
             sleep_until(clock, deadline)
-            raise self._timeout(nbytes)
+            raise self._timeout(nbytes, start)
         sleep_until(clock, release)
         previous_timeout = sock.gettimeout()
         try:
             sock.settimeout(max(deadline - clock.now(), 1e-3))  # bounds the whole sendall
             sock.sendall(data)
         except TimeoutError:
-            raise self._timeout(nbytes) from None
+            raise self._timeout(nbytes, start) from None
         finally:
             sock.settimeout(previous_timeout)
         while unsent_bytes(sock) > 0:
             if clock.now() > deadline:
-                raise self._timeout(nbytes)
+                raise self._timeout(nbytes, start)
             sleep_until(clock, clock.now() + self.poll_s, spin_s=0.0)
         return self._stats(nbytes, start, clock.now())
 
@@ -319,13 +318,6 @@ class KernelPacer(Pacer):
         wire_rate = max(self.trace.rate_at(t), self.outage_rate_bps) * WIRE_PER_PAYLOAD
         head = min(nbytes, bucket_bytes(wire_rate, self.burst_s) / WIRE_PER_PAYLOAD)
         return self.trace.transfer_time(head, t, max_time=max(deadline - t, 0.0))
-
-    def _timeout(self, nbytes: int) -> LinkTimeout:
-        name = self.trace.name if self.trace is not None else "unshaped"
-        return LinkTimeout(
-            f"a {nbytes}-byte transfer did not finish within max_transfer_s={self.max_transfer_s:g} s on "
-            f"trace {name!r} (outage or too low a rate); raise link.max_transfer_s or let the runtime fall back"
-        )
 
 
 # --- link ----------------------------------------------------------------------------------
@@ -441,13 +433,12 @@ class TcLink(Link):
         atexit.unregister(self.teardown)
 
     # pacers and endpoints
-    def _pacer(self, trace: Trace | None) -> Pacer:
-        return KernelPacer(
-            trace, self.one_way_delay_s, self.max_transfer_s, self.burst_s, self.outage_rate_bps
-        )
+    def _pacer(self, trace: Trace | None, max_transfer_s: float | None = None) -> Pacer:
+        deadline = self.max_transfer_s if max_transfer_s is None else float(max_transfer_s)
+        return KernelPacer(trace, self.one_way_delay_s, deadline, self.burst_s, self.outage_rate_bps)
 
-    def uplink_pacer(self) -> Pacer:
-        return self._pacer(self.uplink_trace)
+    def uplink_pacer(self, max_transfer_s: float | None = None) -> Pacer:
+        return self._pacer(self.uplink_trace, max_transfer_s)
 
     def downlink_pacer(self) -> Pacer:
         return self._pacer(self.downlink_trace)

@@ -25,6 +25,7 @@ import math
 import socket
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -37,7 +38,13 @@ DOWNLINK_MODES = ("same", "unshaped")
 
 class LinkTimeout(PeerError, TimeoutError):
     """A transfer that did not finish within ``max_transfer_s``; the socket is left mid-message,
-    so the caller must close it (and may fall back, e.g. to device-only inference)."""
+    so the caller must close it (and may fall back, e.g. to device-only inference).
+    ``carried_bytes`` is what the channel carried in the ``shaped_s`` seconds it had."""
+
+    def __init__(self, message: str, carried_bytes: float = 0.0, shaped_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.carried_bytes = float(carried_bytes)
+        self.shaped_s = float(shaped_s)
 
 
 class ScenarioClock:
@@ -62,14 +69,19 @@ class ScenarioClock:
         return f"ScenarioClock(origin={self.origin!r})"
 
 
-def sleep_until(clock: ScenarioClock, t: float, spin_s: float = 0.001) -> None:
-    """Wait until ``clock.now() >= t``: sleep for the bulk, spin for the last ``spin_s`` seconds
+def wait_until(now: Callable[[], float], t: float, spin_s: float = 0.001) -> None:
+    """Wait until ``now() >= t``: sleep for the bulk, spin for the last ``spin_s`` seconds
     (``time.sleep`` overshoots by ~0.1 ms, which would add up over many chunks)."""
-    left = t - clock.now()
+    left = t - now()
     if left > spin_s:
         time.sleep(left - spin_s)
-    while clock.now() < t:
+    while now() < t:
         pass
+
+
+def sleep_until(clock: ScenarioClock, t: float, spin_s: float = 0.001) -> None:
+    """Wait until ``clock.now() >= t`` (see :func:`wait_until`)."""
+    wait_until(clock.now, t, spin_s)
 
 
 @dataclass
@@ -87,6 +99,8 @@ class TransferStats:
 class Pacer(ABC):
     """Sends one message at a time on a socket, shaped by ``trace`` (None: unshaped) after a
     one-way delay of ``delay_s``."""
+
+    max_transfer_s = math.inf  # a transfer not done this long after it started raises LinkTimeout
 
     def __init__(self, trace: Trace | None, delay_s: float = 0.0) -> None:
         self.trace = trace
@@ -107,6 +121,18 @@ class Pacer(ABC):
         return TransferStats(
             nbytes, start_t, end_t, end_t - start_t, self._trace_rate(start_t + self.delay_s, end_t)
         )
+
+    def _timeout(self, nbytes: int, start: float) -> LinkTimeout:
+        """The error of a transfer of ``nbytes`` started at ``start`` and given up at its deadline."""
+        shaped_from, deadline = start + self.delay_s, start + self.max_transfer_s
+        carried = 0.0
+        if self.trace is not None and deadline > shaped_from:
+            carried = min(float(nbytes), self.trace.bits_between(shaped_from, deadline) / 8)
+        name = self.trace.name if self.trace is not None else "unshaped"
+        return LinkTimeout(
+            f"a {nbytes}-byte transfer did not finish within max_transfer_s={self.max_transfer_s:g} s on "
+            f"trace {name!r} (outage or too low a rate); raise link.max_transfer_s or let the runtime fall back",
+            carried, max(0.0, deadline - shaped_from))
 
     def _trace_rate(self, t0: float, t1: float) -> float:
         if self.trace is None:
@@ -164,11 +190,7 @@ class TracePacer(Pacer):
             due += self.trace.transfer_time(len(piece), due, max_time=max(deadline - due, 0.0))
             if due > deadline:
                 sleep_until(clock, deadline, self.spin_s)
-                raise LinkTimeout(
-                    f"a {len(view)}-byte transfer did not finish within max_transfer_s={self.max_transfer_s:g} s "
-                    f"on trace {self.trace.name!r} (outage or too low a rate); raise link.max_transfer_s "
-                    "or let the runtime fall back"
-                )
+                raise self._timeout(len(view), start)
             sleep_until(clock, due, self.spin_s)
             sock.sendall(piece)
         return self._stats(len(view), start, clock.now())
@@ -199,8 +221,9 @@ class Link(ABC):
         self.downlink_trace = downlink
 
     @abstractmethod
-    def uplink_pacer(self) -> Pacer:
-        """Pacer for device -> server."""
+    def uplink_pacer(self, max_transfer_s: float | None = None) -> Pacer:
+        """Pacer for device -> server; ``max_transfer_s`` overrides the link's transfer deadline
+        (a probe waits less than a request)."""
 
     @abstractmethod
     def downlink_pacer(self) -> Pacer:
@@ -242,17 +265,22 @@ class Link(ABC):
         return f"{type(self).__name__}(delay_s={self.one_way_delay_s:g}, downlink={self.downlink!r})"
 
 
+def tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+    """TCP connection with Nagle off (messages are written whole); raises ``OSError``."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def open_connection(host: str, port: int, timeout: float) -> socket.socket:
-    """TCP connection with TCP_NODELAY; an unreachable server is a :class:`PeerError`."""
+    """:func:`tcp_connect`; an unreachable server is a :class:`PeerError`."""
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        return tcp_connect(host, port, timeout)
     except OSError as exc:
         raise PeerError(
             f"cannot connect to the edge server at {host}:{port} ({exc.strerror or exc}); "
             "check that the server is running and the host/port match"
         ) from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 class LoopbackLink(Link):
@@ -261,7 +289,7 @@ class LoopbackLink(Link):
     def __init__(self) -> None:
         super().__init__(delay_s=0.0)
 
-    def uplink_pacer(self) -> Pacer:
+    def uplink_pacer(self, max_transfer_s: float | None = None) -> Pacer:
         return UnshapedPacer()
 
     def downlink_pacer(self) -> Pacer:
@@ -290,13 +318,14 @@ class ShapedLink(Link):
         self.max_transfer_s = float(max_transfer_s)
         self.spin_s = float(spin_s)
 
-    def _pacer(self, trace: Trace | None) -> Pacer:
+    def _pacer(self, trace: Trace | None, max_transfer_s: float | None = None) -> Pacer:
         if trace is None:
             return UnshapedPacer(self.one_way_delay_s)
-        return TracePacer(trace, self.one_way_delay_s, self.chunk_bytes, self.max_transfer_s, self.spin_s)
+        deadline = self.max_transfer_s if max_transfer_s is None else float(max_transfer_s)
+        return TracePacer(trace, self.one_way_delay_s, self.chunk_bytes, deadline, self.spin_s)
 
-    def uplink_pacer(self) -> Pacer:
-        return self._pacer(self.uplink_trace)
+    def uplink_pacer(self, max_transfer_s: float | None = None) -> Pacer:
+        return self._pacer(self.uplink_trace, max_transfer_s)
 
     def downlink_pacer(self) -> Pacer:
         return self._pacer(self.downlink_trace)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
+from splitcomp.errors import PeerError
+
 REPLY = struct.Struct("!d32s")  # monotonic time of the last byte, SHA-256 of the payload
 LENGTH = struct.Struct("!Q")
 
@@ -64,7 +66,10 @@ def message(payload: bytes) -> bytes:
 
 def read_reply(sock: socket.socket) -> tuple[float, bytes]:
     """(monotonic time the last byte arrived, SHA-256 of the payload)."""
-    return REPLY.unpack(sock.recv(REPLY.size, socket.MSG_WAITALL))
+    reply = _recv_exact(sock, REPLY.size)
+    if reply is None:
+        raise PeerError("the sink closed the connection before it replied")
+    return REPLY.unpack(reply)
 
 
 @contextlib.contextmanager

@@ -149,6 +149,7 @@ class Frame:
     meta: dict[str, Any]
     items: list[EncodedTensor | Any] = field(default_factory=list)
     _release: Callable[[], None] | None = field(default=None, repr=False)
+    wire_bytes: int = 0   # what the frame took on the wire: prefix, header, payload and MACs
 
     @property
     def payload_bytes(self) -> int:
@@ -239,10 +240,6 @@ def resign(frame: bytes, auth: FrameAuth) -> bytes:
     prefix, header, _, payload = _sections(frame)
     header_tag, frame_tag = _tags(auth.send_mac(), prefix, header, [payload])
     return b"".join([prefix, header, header_tag, payload, frame_tag])
-
-
-def send_frame(sock: socket.socket, frame_bytes: bytes) -> None:
-    sock.sendall(frame_bytes)
 
 
 # --- validating prefix and header -----------------------------------------------------------
@@ -433,7 +430,8 @@ class FrameReader:
             raise
         if mac is not None:
             self.auth.received()
-        return Frame(kind, meta, _split_payload(items, payload), release)
+        wire_bytes = PREFIX.size + header_len + payload_len + (2 * MAC_BYTES if flags & FLAG_MAC else 0)
+        return Frame(kind, meta, _split_payload(items, payload), release, wire_bytes)
 
     # --- steps ------------------------------------------------------------------------------
     def _first_bytes(self, view: memoryview, idle_s: float | None, deadline: float | None) -> int:

@@ -21,13 +21,12 @@ time of each profiled cut, and the discount replaces ANS's change handling.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from splitcomp.errors import ConfigError
-from splitcomp.policy.base import DecisionContext, Policy
+from splitcomp.policy.base import DecisionContext, Policy, RunEnvironment
 from splitcomp.profile.latency import CutProfile
+from splitcomp.records import RequestRecord
 
 
 class Bandit(Policy):
@@ -39,7 +38,7 @@ class Bandit(Policy):
         self.alpha, self.gamma, self.ridge = float(alpha), float(gamma), float(ridge)
         self._key: tuple[str, ...] | None = None
 
-    def prepare(self, env: Any) -> None:
+    def prepare(self, env: RunEnvironment) -> None:
         self._setup(env.candidates)
 
     def _setup(self, candidates: list[CutProfile]) -> None:
@@ -69,15 +68,16 @@ class Bandit(Policy):
             self._setup(ctx.candidates)
         return int(np.argmin(self.lower_bounds()))
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: RequestRecord) -> None:
         if self._key is None:
             return
         self._a *= self.gamma
         self._b *= self.gamma
-        i = self._index.get(record["cut_name"])
+        i = self._index.get(record.cut_name)
         if i is None or not self._offloads[i]:
             return
-        edge_s = record["latency_s"] - record["device_s"] - record["encode_s"]
+        # the edge part: what the request spent beyond its own device work and any wait before it
+        edge_s = record.latency_s - record.wait_s - record.probe_s - record.device_s - record.encode_s
         x = self._features[i]
         self._a += np.outer(x, x)
         self._b += x * edge_s

@@ -1,9 +1,9 @@
 """The split-policy interface shared by the socket runtime and the simulator.
 
-Before a run the runtime calls ``policy.prepare(env)`` once; then, for every request, it builds a
-``DecisionContext`` and calls ``policy.choose(ctx)``, which returns an index into
-``ctx.candidates``; after the request it calls ``policy.observe(record)`` with the request's
-record (the dict described in the team contracts).
+Before a run the request loop (:mod:`splitcomp.loop`) calls ``policy.prepare(env)`` once; then,
+for every request, it builds a ``DecisionContext`` and calls ``policy.choose(ctx)``, which returns
+an index into ``ctx.candidates``; after the request it calls ``policy.observe(record)`` with the
+request's :class:`~splitcomp.records.RequestRecord`.
 
 Online policies see only estimates: the rate estimate (with its age), an RTT estimate and the
 load the server last reported. Hindsight policies (oracle, best_static) may also read the true
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from splitcomp.errors import ConfigError
-from splitcomp.profile.latency import CutProfile, LatencyModel, ServerLoad
+from splitcomp.profile.latency import CutProfile, LatencyModel
+from splitcomp.records import RequestRecord, ServerLoad
+from splitcomp.scenario.load import LoadModel
 from splitcomp.scenario.trace import Trace
 
 
@@ -39,13 +41,30 @@ class DecisionContext:
     true_rtt_s: float | None = None  # None: the uplink trace's RTT, else the latency model's
 
 
+class RunEnvironment(Protocol):
+    """What a policy may read of a run before it starts (``prepare``): the scenario and the
+    candidates. :class:`splitcomp.loop.RunEnv` is the one implementation (a dataclass, so hindsight
+    policies may ``dataclasses.replace`` it to simulate variants)."""
+
+    candidates: list[CutProfile]
+    latency_model: LatencyModel
+    policy: Policy
+    uplink: Trace
+    downlink: Trace | None
+    load_model: LoadModel | None
+    n_requests: int
+    seed: int
+
+
 class Policy(ABC):
     """Chooses a cut per request."""
 
     name = "policy"
+    # True for policies that read ctx.rate_estimate_bps: only they make the device probe the link
+    needs_rate_estimate = False
 
-    def prepare(self, env: Any) -> None:
-        """Called once before a run with the run's environment (a ``splitcomp.sim.RunEnv``).
+    def prepare(self, env: RunEnvironment) -> None:
+        """Called once before a run with the run's environment (a ``splitcomp.loop.RunEnv``).
 
         Stateful policies reset their state here, so one object can serve several runs."""
         return None
@@ -54,7 +73,7 @@ class Policy(ABC):
     def choose(self, ctx: DecisionContext) -> int:
         """Index into ``ctx.candidates`` of the cut to use for this request."""
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: RequestRecord) -> None:
         """Learn from the record of a finished request (default: nothing)."""
         return None
 

@@ -7,10 +7,8 @@ zero, which makes device-only the choice until a measurement arrives.
 
 from __future__ import annotations
 
-from typing import Any
-
 from splitcomp.errors import ConfigError
-from splitcomp.policy.base import DecisionContext, Policy
+from splitcomp.policy.base import DecisionContext, Policy, RunEnvironment
 
 
 def predicted_latencies(ctx: DecisionContext) -> list[float]:
@@ -32,6 +30,7 @@ class Dynamic(Policy):
     another one is predicted faster by more than the fraction h of the current prediction."""
 
     name = "dynamic"
+    needs_rate_estimate = True
 
     def __init__(self, hysteresis: float = 0.0) -> None:
         if not 0 <= hysteresis < 1:
@@ -39,7 +38,7 @@ class Dynamic(Policy):
         self.hysteresis = float(hysteresis)
         self._current: int | None = None
 
-    def prepare(self, env: Any) -> None:
+    def prepare(self, env: RunEnvironment) -> None:
         self._current = None
 
     def choose(self, ctx: DecisionContext) -> int:

@@ -12,6 +12,7 @@ The ``oracle`` estimator reads the true trace instead (an upper bound on what es
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections import deque
 
@@ -174,25 +175,31 @@ class OracleEstimator(RateEstimator):
 
 
 class InFlight:
-    """Transfers the device has sent that are not finished yet.
+    """Transfers the device started that it never saw finish.
 
     A transfer of ``b`` bytes still open ``s`` seconds after it started means the channel carried
     less than ``8b / s`` bit/s on average since then: an upper bound on the rate that the device
-    knows without any new measurement. It stops a stale, high estimate from sending request
-    after request into an outage (the first stuck transfer caps the estimate of the next)."""
+    knows without any new measurement. One abandoned at a deadline ``d`` seconds after it started
+    keeps the bound it had then, ``8b / d``. The bounds hold until a transfer completes
+    (``clear``); they stop a stale, high estimate from sending request after request into an
+    outage (the first stuck transfer caps the estimate of the next)."""
 
     def __init__(self) -> None:
-        self._open: dict[object, tuple[float, float]] = {}
+        self._open: dict[object, tuple[float, float, float]] = {}
 
     def start(self, key: object, nbytes: float, t: float) -> None:
-        self._open[key] = (t, 8.0 * nbytes)
+        self._open[key] = (t, 8.0 * nbytes, math.inf)
+
+    def abandon(self, key: object, nbytes: float, t_start: float, t_end: float) -> None:
+        """A transfer of ``nbytes`` from ``t_start`` given up at ``t_end``."""
+        self._open[key] = (t_start, 8.0 * nbytes, t_end)
 
     def finish(self, key: object) -> None:
         self._open.pop(key, None)
 
     def cap_bps(self, t: float) -> float | None:
         """The tightest bound at time ``t``, or None when nothing is open long enough to tell."""
-        caps = [bits / (t - t0) for t0, bits in self._open.values() if t > t0]
+        caps = [bits / (min(t, end) - t0) for t0, bits, end in self._open.values() if min(t, end) > t0]
         return min(caps) if caps else None
 
     def clear(self) -> None:

@@ -24,12 +24,11 @@ What this version keeps and what it does not:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
 from splitcomp.errors import ConfigError
-from splitcomp.policy.base import DecisionContext, Policy
+from splitcomp.policy.base import DecisionContext, Policy, RunEnvironment
 from splitcomp.policy.dynamic import argmin
 from splitcomp.profile.latency import CutProfile, ServerLoad
 
@@ -44,13 +43,14 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 class Neurosurgeon(Policy):
     name = "neurosurgeon"
+    needs_rate_estimate = True
 
     def __init__(self, flops: dict[str, list[float]] | None = None) -> None:
         self.flops = {str(k): (float(v[0]), float(v[1])) for k, v in (flops or {}).items()}
         self._key: tuple[str, ...] | None = None
         self._modelled: list[CutProfile] = []
 
-    def prepare(self, env: Any) -> None:
+    def prepare(self, env: RunEnvironment) -> None:
         self._fit(env.candidates)
 
     def _cut_flops(self, cut: CutProfile) -> tuple[float, float] | None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from splitcomp.errors import ConfigError
-from splitcomp.policy.base import DecisionContext, Policy
+from splitcomp.policy.base import DecisionContext, Policy, RunEnvironment
 from splitcomp.policy.dynamic import argmin
 from splitcomp.policy.simple import Static
+from splitcomp.records import RequestRecord
 
 
 class Oracle(Policy):
@@ -34,20 +35,25 @@ class Oracle(Policy):
 
 class BestStatic(Policy):
     """The single cut with the lowest mean latency over the whole scenario, found in hindsight
-    by simulating every static choice on the run's environment in ``prepare``."""
+    by simulating every static choice on the run's environment in ``prepare``.
+
+    ``simulate(env) -> records`` runs an environment in the simulator (config: ``splitcomp.sim.simulate_env``);
+    it is handed in because the simulator itself runs policies."""
 
     name = "best_static"
 
-    def __init__(self) -> None:
+    def __init__(self, simulate: Callable[[RunEnvironment], Sequence[RequestRecord]] | None = None) -> None:
+        self.simulate = simulate
         self.index: int | None = None
         self.means_s: dict[str, float] = {}
 
-    def prepare(self, env: Any) -> None:
-        from splitcomp.sim import simulate_env  # the simulator imports policies; import late
-
+    def prepare(self, env: RunEnvironment) -> None:
+        if self.simulate is None:
+            raise ConfigError("best_static needs a simulate function to find the best cut in hindsight; "
+                              "compose it from conf/policy/best_static.yaml or pass simulate=splitcomp.sim.simulate_env.")
         self.means_s = {}
         for i, cut in enumerate(env.candidates):
-            records = simulate_env(dataclasses.replace(env, policy=Static(i)))
+            records = self.simulate(dataclasses.replace(env, policy=Static(i)))
             self.means_s[cut.name] = sum(r["latency_s"] for r in records) / len(records)
         names = [c.name for c in env.candidates]
         self.index = argmin([self.means_s[n] for n in names])

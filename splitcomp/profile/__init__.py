@@ -2,7 +2,6 @@
 
 from splitcomp.profile.check import CheckLimits, ProfileCheckError, check_profiles
 from splitcomp.profile.latency import (
-    FRAME_OVERHEAD_BYTES,
     CutProfile,
     LatencyBreakdown,
     LatencyModel,
@@ -15,7 +14,6 @@ from splitcomp.profile.profiler import get_profiles, profile_plan, resolve_serve
 from splitcomp.profile.timing import pin_to_cores, run_on_device
 
 __all__ = [
-    "FRAME_OVERHEAD_BYTES",
     "CheckLimits",
     "CutProfile",
     "LatencyBreakdown",

@@ -42,7 +42,7 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(model: nn.Module) -> dict[str, str]:
+def model_digests(model: nn.Module) -> dict[str, str]:
     """The architecture (class and module tree) and a hash of the bytes of every parameter and
     buffer (non-persistent buffers too, e.g. input normalisation constants)."""
     digest = hashlib.blake2b(digest_size=16)

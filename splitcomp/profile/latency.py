@@ -16,11 +16,10 @@ from typing import Any
 
 from splitcomp.errors import ConfigError
 from splitcomp.files import atomic_write_text
+from splitcomp.link.frame_bytes import FrameBytes, wire_frame_bytes
+from splitcomp.records import ServerLoad
 from splitcomp.scenario.trace import Trace
 
-# Bytes a request/response frame adds to the codec payload (fixed header + JSON metadata);
-# the wire format adds about 100-300 B, so a mid value is assumed.
-FRAME_OVERHEAD_BYTES = 200
 PROFILES_FORMAT = 1
 INF = float("inf")
 
@@ -50,7 +49,7 @@ class CutProfile:
 
     index: int  # index in plan.cuts
     name: str
-    bytes_up: int  # codec payload crossing the cut (the frame header is FRAME_OVERHEAD_BYTES on top)
+    bytes_up: int  # codec payload crossing the cut (the wire format's frame adds its header on top)
     bytes_down: int  # response payload (logits); 0 for device-only
     head_s: dict[int, float]  # batch size -> device head time, device slowdown included
     tail_s: dict[int, float]  # batch size -> server time for the whole batch (a request waits for all of it)
@@ -132,16 +131,6 @@ class Profiles:
 
 
 @dataclass
-class ServerLoad:
-    """The server's state as reported by it or assumed by a load model."""
-
-    batch_size: int = 1  # the request is computed together with batch_size - 1 others
-    queue_len: int = 0  # requests waiting ahead of this one
-    slowdown: float = 1.0  # multiplies the tail time (contention beyond batching)
-    queue_s: float = 0.0  # known queueing delay; when 0, it is estimated from queue_len
-
-
-@dataclass
 class LatencyBreakdown:
     device_s: float = 0.0
     encode_s: float = 0.0
@@ -154,7 +143,10 @@ class LatencyBreakdown:
     total_s: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _BREAKDOWN_FIELDS}
+
+
+_BREAKDOWN_FIELDS = tuple(f.name for f in fields(LatencyBreakdown))
 
 
 def _check_images(cut: CutProfile, batch: int) -> int:
@@ -186,15 +178,17 @@ class LatencyModel:
     A device-only cut costs its head alone. A missing or zero data rate for an offloading cut
     gives an infinite uplink time, never an exception or NaN. ``rate_down_bps=None`` (or
     ``downlink=None`` on a trace) means the response crosses the same channel as the request.
+    Transfers are charged for whole frames: ``frames`` gives the bytes the wire format adds
+    (default: :func:`~splitcomp.link.frame_bytes.wire_frame_bytes`).
     """
 
     def __init__(self, profiles: Profiles, rtt_s: float = 0.0, one_way_delay_s: float = 0.0,
-                 overhead_s: float = 0.0, frame_overhead_bytes: int = FRAME_OVERHEAD_BYTES) -> None:
+                 overhead_s: float = 0.0, frames: FrameBytes | None = None) -> None:
         self.profiles = profiles
         self.rtt_s = float(rtt_s)
         self.one_way_delay_s = float(one_way_delay_s)
         self.overhead_s = float(overhead_s)
-        self.frame_overhead_bytes = int(frame_overhead_bytes)
+        self.frames = frames or wire_frame_bytes()
 
     def default_rtt_s(self) -> float:
         """The configured RTT, or twice the one-way delay when no RTT is given."""
@@ -211,11 +205,13 @@ class LatencyModel:
             queue_s = math.ceil(load.queue_len / batch) * server_s
         return queue_s, server_s
 
-    def _up_bytes(self, cut: CutProfile, images: int = 1) -> int:
-        return images * cut.bytes_up + self.frame_overhead_bytes
+    def request_bytes(self, cut: CutProfile, images: int = 1) -> int:
+        """Bytes of the request frame of ``cut`` carrying ``images`` images (0 for device-only)."""
+        return 0 if cut.is_device_only else self.frames.request_bytes(cut.name, images * cut.bytes_up)
 
-    def _down_bytes(self, cut: CutProfile, images: int = 1) -> int:
-        return images * cut.bytes_down + self.frame_overhead_bytes
+    def answer_bytes(self, cut: CutProfile, images: int = 1) -> int:
+        """Bytes of the answer frame to a request at ``cut`` (0 for device-only)."""
+        return 0 if cut.is_device_only else self.frames.answer_bytes(images * cut.bytes_down)
 
     def predict(self, cut: CutProfile, rate_up_bps: float | None, rate_down_bps: float | None = None,
                 load: ServerLoad | None = None, rtt_s: float | None = None, batch: int = 1) -> LatencyBreakdown:
@@ -232,27 +228,33 @@ class LatencyModel:
             return LatencyBreakdown(device_s=head_s, total_s=head_s + self.overhead_s)
         queue_s, server_s = self.server_terms(cut, load or ServerLoad(), images)
         down_rate = rate_up_bps if rate_down_bps is None else rate_down_bps
-        return self._assemble(cut, head_s, transfer_s(self._up_bytes(cut, images), rate_up_bps),
+        return self._assemble(cut, head_s, transfer_s(self.request_bytes(cut, images), rate_up_bps),
                               self.default_rtt_s() if rtt_s is None else float(rtt_s), queue_s, server_s,
-                              transfer_s(self._down_bytes(cut, images), down_rate), images)
+                              transfer_s(self.answer_bytes(cut, images), down_rate), images)
 
     def predict_on_trace(self, cut: CutProfile, uplink: Trace, t0: float, downlink: Trace | None = None,
                          load: ServerLoad | None = None, rtt_s: float | None = None) -> LatencyBreakdown:
         """Latency of a request started at scenario time ``t0`` when transfers follow the true
         channel (``Trace.transfer_time``): outages are waited out, so the result stays finite
         unless the trace never carries data. The RTT is ``rtt_s``, else the trace's RTT at the
-        send time, else the model's."""
+        send time, else the model's.
+
+        The times are those of the real link: the request frame enters the shaped channel half
+        an RTT after it is sent (the one-way delay comes first), the answer likewise after the
+        server is done; the uplink and downlink terms are the shaped transfers alone."""
         head_s = cut.head_at(1)
         if cut.is_device_only:
             return LatencyBreakdown(device_s=head_s, total_s=head_s + self.overhead_s)
         queue_s, server_s = self.server_terms(cut, load or ServerLoad())
         t_send = t0 + head_s + cut.encode_s
-        uplink_s = uplink.transfer_time(self._up_bytes(cut), t_send)
         if rtt_s is None:
             trace_rtt = uplink.rtt_at(t_send)
             rtt_s = self.default_rtt_s() if trace_rtt is None else trace_rtt
-        t_reply = t_send + uplink_s + rtt_s / 2 + queue_s + server_s + cut.decode_s
-        downlink_s = (downlink or uplink).transfer_time(self._down_bytes(cut), t_reply) if math.isfinite(t_reply) else INF
+        half = float(rtt_s) / 2
+        uplink_s = uplink.transfer_time(self.request_bytes(cut), t_send + half)
+        t_reply = t_send + half + uplink_s + cut.decode_s + queue_s + server_s
+        downlink_s = ((downlink or uplink).transfer_time(self.answer_bytes(cut), t_reply + half)
+                      if math.isfinite(t_reply) else INF)
         return self._assemble(cut, head_s, uplink_s, float(rtt_s), queue_s, server_s, downlink_s)
 
     def predict_all(self, rate_up_bps: float | None, rate_down_bps: float | None = None,

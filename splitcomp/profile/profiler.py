@@ -189,7 +189,7 @@ def profile_key(model: nn.Module, example_input: torch.Tensor, codec: Codec, can
                 device: Side, server: Side, batch_sizes: Sequence[int], warmup: int, repeats: int) -> dict[str, Any]:
     """Everything the measured numbers depend on, as plain JSON values."""
     return {
-        "model": cache.model_fingerprint(model),
+        "model": cache.model_digests(model),
         # content too: compressing codecs send fewer bytes for a blank image than for a real one
         "input": {"shape": list(example_input.shape), "dtype": str(example_input.dtype),
                   "sha": cache.tensor_digest(example_input)},

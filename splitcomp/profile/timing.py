@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import torch
 
 from splitcomp.errors import ConfigError
+from splitcomp.link.shaping import wait_until
 
 T = TypeVar("T")
 
@@ -22,15 +23,8 @@ _SPIN_S = 5e-4  # the last half millisecond of a wait is spun: time.sleep oversh
 
 def precise_sleep(seconds: float) -> None:
     """Wait ``seconds`` with sub-millisecond accuracy (sleep, then spin the last bit)."""
-    if seconds <= 0:
-        return
-    end = time.perf_counter() + seconds
-    while True:
-        left = end - time.perf_counter()
-        if left <= 0:
-            return
-        if left > _SPIN_S:
-            time.sleep(left - _SPIN_S)
+    if seconds > 0:
+        wait_until(time.perf_counter, time.perf_counter() + seconds, _SPIN_S)
 
 
 def check_slowdown(slowdown: float) -> float:

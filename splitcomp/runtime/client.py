@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import select
 import socket
 import ssl
@@ -24,6 +23,8 @@ import torch
 from splitcomp.errors import PeerError
 from splitcomp.link.auth import FrameAuth, new_nonce, session_key
 from splitcomp.link.codecs import Codec, RawCodec
+from splitcomp.link.frame_bytes import probe_meta, request_meta
+from splitcomp.link.shaping import LinkTimeout, tcp_connect
 from splitcomp.link.wire import (
     PREFIX,
     AuthError,
@@ -40,6 +41,7 @@ from splitcomp.link.wire import (
     needs_resign,
     resign,
 )
+from splitcomp.records import ServerReport
 from splitcomp.runtime.handshake import Hello, Welcome
 from splitcomp.runtime.security import ClientTls
 
@@ -69,16 +71,22 @@ class BadAnswer(PeerError):
 
 
 @dataclass
-class Reply:
-    """What one request brought back, with the device-side timings of its exchange."""
+class Answer:
+    """What the server sent back for one request."""
 
     logits: torch.Tensor
-    report: dict[str, Any]          # the server's load report and its own timings
-    bytes_up: int                   # frame bytes sent (header included)
-    bytes_down: int
-    send_s: float                   # device: first byte handed to the link .. last byte handed
-    round_trip_s: float             # device: first byte sent .. whole response received
-    uplink_trace_rate_bps: float    # mean trace rate during the uplink transfer (nan unshaped)
+    report: ServerReport
+    bytes_down: int                 # the whole answer frame
+    request: Any = None             # the request id the server says it answers
+
+
+@dataclass
+class Reply(Answer):
+    """An answer with the device-side timings of the whole exchange."""
+
+    bytes_up: int = 0               # frame bytes sent (header included)
+    send_s: float = 0.0             # device: first byte handed to the link .. last byte handed
+    round_trip_s: float = 0.0       # device: first byte sent .. whole answer received and decoded
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -92,12 +100,14 @@ def parse_address(address: str) -> tuple[str, int]:
 class EdgeClient:
     """One TCP connection to an edge server. Every socket operation has a timeout.
 
-    ``classes``: the model's number of outputs, checked in every answer when given."""
+    ``classes``: the model's number of outputs, checked in every answer when given.
+    ``unshaped_answers``: ask the server not to pace its answers on this connection (a background
+    client: load on the server, not on the device's link)."""
 
     def __init__(self, host: str, port: int, fingerprint: dict[str, str], clock: Any, link: Any = None,
                  connect_timeout_s: float = 5.0, io_timeout_s: float = 30.0, secret: bytes | None = None,
                  limits: Limits | None = None, tls: ClientTls | ssl.SSLContext | None = None,
-                 classes: int | None = None) -> None:
+                 classes: int | None = None, unshaped_answers: bool = False) -> None:
         self.host, self.port = host, port
         self.fingerprint = fingerprint
         self.clock = clock
@@ -108,12 +118,14 @@ class EdgeClient:
         self.limits = limits or Limits(max_payload_bytes=64 << 20, max_decoded_bytes=64 << 20)
         self.tls = ClientTls(tls) if isinstance(tls, ssl.SSLContext) else tls
         self.classes = classes
+        self.unshaped_answers = unshaped_answers
         self.timeouts = Timeouts(idle_s=io_timeout_s, frame_s=io_timeout_s)
         self.sock: socket.socket | None = None
         self.auth: FrameAuth | None = None
         self.reader: FrameReader | None = None
         self.server_info: dict[str, Any] = {}
         self.reconnections = 0   # idle connections the server closed, replaced quietly
+        self._pending: tuple[Any, int] = (None, 1)   # (request id, batch) of the frame sent last
 
     # --- connection -------------------------------------------------------------------------
     def connect(self) -> None:
@@ -122,7 +134,7 @@ class EdgeClient:
         self.auth = FrameAuth.device(self.secret) if self.secret else None
         self.reader = FrameReader(sock, self.limits, self.auth)
         try:
-            hello = Hello(self.fingerprint, self.clock.origin, new_nonce())
+            hello = Hello(self.fingerprint, self.clock.origin, new_nonce(), shaped=not self.unshaped_answers)
             self._send(encode_frame(Kind.HELLO, hello.meta(), auth=self.auth))
             frame = self._read(Kind.WELCOME, handshake=True)
             welcome = Welcome.parse(frame.meta)
@@ -140,15 +152,12 @@ class EdgeClient:
 
     def _open_socket(self) -> socket.socket:
         try:
-            if self.link is not None:
-                sock = self.link.connect(self.host, self.port, self.connect_timeout_s)
-            else:
-                sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
+            connect = self.link.connect if self.link is not None else tcp_connect
+            sock = connect(self.host, self.port, self.connect_timeout_s)
         except OSError as exc:
             raise ConnectionLost(f"cannot reach the edge server at {self.host}:{self.port} ({exc.strerror or exc}); "
                                  "start it with splitcomp-serve or check server.address") from None
         sock.settimeout(self.io_timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is None:
             return sock
         try:
@@ -180,35 +189,58 @@ class EdgeClient:
     # --- exchanges --------------------------------------------------------------------------
     def request_frame(self, request_id: int, cut_index: int, values: tuple[Any, ...], codec: Codec) -> bytes:
         """Encode the head's output for sending (the device's encode step)."""
-        return encode_frame(Kind.REQUEST, {"request": request_id, "cut": cut_index, "t": self.clock.now()},
-                            values, codec, auth=self.auth)
+        return encode_frame(Kind.REQUEST, request_meta(request_id, cut_index, self.clock.now()), values, codec,
+                            auth=self.auth)
 
-    def exchange(self, frame: bytes, pacer: Any = None) -> Reply:
-        """Send one encoded request on the uplink and wait for the logits."""
-        request_id, batch = _request_of(frame)
-        started = time.perf_counter()
-        frame = self._ready(frame)
-        stats = self._send(frame, pacer)
-        sent = time.perf_counter()
-        reply = self._read(Kind.RESPONSE, check=self._answer_check(request_id, batch))
-        done = time.perf_counter()
-        (logits,) = reply.values()
+    def probe_frame(self, nbytes: int) -> bytes:
+        """A probe of ``nbytes`` of filler."""
+        return encode_frame(Kind.PROBE, probe_meta(self.clock.now()), [torch.zeros(nbytes, dtype=torch.uint8)],
+                            auth=self.auth)
+
+    def send(self, frame: bytes, pacer: Any = None) -> Any:
+        """Send one encoded frame (a request or a probe) on the uplink, through ``pacer`` when the
+        link is shaped (its ``TransferStats``)."""
+        self._pending = _request_of(frame)
+        return self._send(self._ready(frame), pacer)
+
+    def receive(self) -> Answer:
+        """Wait for the answer to the request sent last; its header is checked before its payload
+        is read, its logits must be finite."""
+        frame = self._read(Kind.RESPONSE, check=self._answer_check(*self._pending))
+        (logits,) = frame.values()
         if not bool(torch.isfinite(logits).all()):
             self.close()
             raise BadAnswer("the edge server's logits hold NaN or infinite values")
-        rate = getattr(stats, "trace_rate_bps", float("nan")) if stats is not None else float("nan")
-        return Reply(logits, reply.meta, len(frame), reply.payload_bytes, sent - started, done - started, rate)
+        return Answer(logits, _report(frame.meta), frame.wire_bytes, frame.meta.get("request"))
 
-    def probe(self, nbytes: int, pacer: Any = None) -> float:
-        """Send ``nbytes`` of filler and wait for the ack: seconds the round trip took."""
+    def exchange(self, frame: bytes, pacer: Any = None) -> Reply:
+        """Send one encoded request on the uplink and wait for the logits."""
         started = time.perf_counter()
-        self._ready(None)
-        self._send(encode_frame(Kind.PROBE, {}, [torch.zeros(nbytes, dtype=torch.uint8)], auth=self.auth), pacer)
-        ack = self._read(Kind.PROBE_ACK, check=_report_check)
+        self.send(frame, pacer)
+        sent = time.perf_counter()
+        answer = self.receive()
+        done = time.perf_counter()
+        return Reply(answer.logits, answer.report, answer.bytes_down, answer.request, len(frame), sent - started,
+                     done - started)
+
+    def receive_probe_ack(self, timeout_s: float | None = None) -> ServerReport:
+        """Wait (at most ``timeout_s``) for the answer to the probe sent last: the server's report."""
+        if self.sock is not None and timeout_s is not None:
+            if timeout_s <= 0:
+                self.close()
+                raise ConnectionLost("the probe's deadline passed before its answer")
+            self.sock.settimeout(timeout_s)
+        try:
+            timeouts = self.timeouts if timeout_s is None else Timeouts(idle_s=timeout_s, frame_s=timeout_s)
+            ack = self._read(Kind.PROBE_ACK, check=_report_check, timeouts=timeouts)
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.io_timeout_s)
+        nbytes = self._pending[1]
         if ack.meta.get("bytes") != nbytes:
             self.close()
             raise BadAnswer(f"the edge server acknowledged {ack.meta.get('bytes')!r} probe bytes, not {nbytes}")
-        return time.perf_counter() - started
+        return _report(ack.meta)
 
     # --- plumbing ---------------------------------------------------------------------------
     def _ready(self, frame: bytes | None) -> bytes | None:
@@ -230,6 +262,9 @@ class EdgeClient:
             raise ConnectionLost("not connected to the edge server")
         try:
             stats = self.sock.sendall(data) if pacer is None else pacer.send(self.sock, data, self.clock)
+        except LinkTimeout:
+            self.close()  # the stream is mid-message
+            raise
         except OSError as exc:
             self.close()
             raise ConnectionLost(f"lost the edge server while sending ({exc})") from None
@@ -237,12 +272,13 @@ class EdgeClient:
             self.auth.sent()
         return stats
 
-    def _read(self, kind: Kind, check: HeaderCheck | None = None, handshake: bool = False) -> Frame:
+    def _read(self, kind: Kind, check: HeaderCheck | None = None, handshake: bool = False,
+              timeouts: Timeouts | None = None) -> Frame:
         """The next frame, which must be ``kind`` (or an ERROR, raised as the matching error)."""
         if self.reader is None:
             raise ConnectionLost("not connected to the edge server")
         try:
-            frame = self.reader.read(allowed=(kind, Kind.ERROR), check=check, timeouts=self.timeouts,
+            frame = self.reader.read(allowed=(kind, Kind.ERROR), check=check, timeouts=timeouts or self.timeouts,
                                      unauthenticated=(Kind.ERROR,) if handshake else ())
         except (VersionError, AuthError) as exc:
             self.close()
@@ -280,24 +316,21 @@ class EdgeClient:
         return check
 
 
-# Fields of the server's load report a device reads, and their kind (all non-negative).
-_REPORT_FIELDS = {"queue_s": float, "tail_s": float, "server_s": float, "decode_s": float, "handled_s": float,
-                  "slowdown": float, "batch_size": int, "queue_len": int}
+def _report(meta: dict[str, Any]) -> ServerReport:
+    """The server's load report in an answer's header, as a typed value."""
+    try:
+        return ServerReport.from_meta(meta)
+    except PeerError as exc:
+        raise BadAnswer(str(exc)) from None
 
 
 def _report_check(kind: Kind, meta: dict[str, Any], items: list[Any]) -> None:
-    """The load report's known fields are finite non-negative numbers (counts are integers)."""
+    """The load report's fields are finite non-negative numbers (counts are integers)."""
     if kind is Kind.ERROR:
         return
     if kind is Kind.PROBE_ACK and items:
         raise BadAnswer("a PROBE_ACK carries no items")
-    for name, kind_of in _REPORT_FIELDS.items():
-        if name not in meta:
-            continue
-        value = meta[name]
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not is_number or not math.isfinite(value) or value < 0 or (kind_of is int and not isinstance(value, int)):
-            raise BadAnswer(f"the server's report has {name}={str(value)[:40]}, not a non-negative number")
+    _report(meta)
 
 
 def _refusal(meta: dict[str, Any]) -> PeerError:
@@ -311,8 +344,9 @@ def _refusal(meta: dict[str, Any]) -> PeerError:
     return ServerRefused(f"the edge server refused: {reason}")
 
 
-def _request_of(frame: bytes) -> tuple[int, int]:
-    """(request id, batch size) of a REQUEST frame this side encoded."""
+def _request_of(frame: bytes) -> tuple[Any, int]:
+    """(request id, batch size) of a REQUEST frame this side encoded; (None, filler bytes) of a
+    PROBE."""
     header_len = PREFIX.unpack_from(frame)[4]
     header = json.loads(bytes(memoryview(frame)[PREFIX.size : PREFIX.size + header_len]))
     shapes = [item["shape"] for item in header["items"] if "shape" in item and item["shape"]]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitcomp.profile.cache import model_fingerprint as model_digests
+from splitcomp.profile.cache import model_digests
 
 
 def model_fingerprint(model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype,

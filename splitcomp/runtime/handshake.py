@@ -51,9 +51,11 @@ class Hello:
     fingerprint: dict[str, str]
     clock_origin: float
     nonce: bytes
+    shaped: bool = True  # False for background clients: they load the server, not the device's link
 
     def meta(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "clock_origin": self.clock_origin, "nonce": self.nonce.hex()}
+        meta = {"fingerprint": self.fingerprint, "clock_origin": self.clock_origin, "nonce": self.nonce.hex()}
+        return meta if self.shaped else {**meta, "link": "unshaped"}
 
     @staticmethod
     def parse(meta: dict[str, Any]) -> Hello:
@@ -65,7 +67,10 @@ class Hello:
         origin = meta.get("clock_origin")
         if not _is_number(origin):
             raise FrameError("HELLO must carry the device's clock origin as a number")
-        return Hello(fingerprint, float(origin), _nonce(meta.get("nonce"), "device"))
+        link = meta.get("link", "shaped")
+        if link not in ("shaped", "unshaped"):
+            raise FrameError("HELLO's link must be 'shaped' or 'unshaped'")
+        return Hello(fingerprint, float(origin), _nonce(meta.get("nonce"), "device"), shaped=link == "shaped")
 
 
 @dataclass(frozen=True)

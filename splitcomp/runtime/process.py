@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from splitcomp.errors import PeerError
 from splitcomp.files import atomic_write_text
 
 log = logging.getLogger("splitcomp")
+server_log = logging.getLogger("splitcomp.server")
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -40,6 +42,35 @@ def bind_listener(host: str, port: int) -> socket.socket:
 def write_ready_file(path: str | Path, host: str, port: int) -> None:
     """Atomically announce the bound address to the process that started us."""
     atomic_write_text(path, json.dumps({"host": host, "port": port, "pid": os.getpid()}))
+
+
+def serve_until_stopped(server: Any, host: str, port: int, ready_file: str | None = None,
+                        run_pid: int | None = None) -> None:
+    """Listen on ``host:port`` and serve until SIGTERM/SIGINT, writing ``ready_file`` once listening.
+
+    A server started by a run (``run_pid``: its parent) ends with that run, also when the run's
+    process is killed (a sweep job on a cluster node) and cannot stop it: orphaned, its parent changes."""
+    listener = bind_listener(host, port)
+    port = listener.getsockname()[1]
+    if host not in ("127.0.0.1", "localhost", "::1") and server.settings.secret is None:
+        server_log.warning("listening on %s without authentication: anyone who reaches this port can use the "
+                    "server; give both sides the same secret (server.auth_secret_file or "
+                    "$SPLITCOMP_AUTH_SECRET)", host)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.stop())
+    if ready_file:
+        write_ready_file(ready_file, host, port)
+    print(f"splitcomp edge server listening on {host}:{port} ({server.tails.device}); Ctrl-C stops it",
+          flush=True)
+    thread = threading.Thread(target=server.serve_forever, args=(listener,), daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if run_pid is not None and os.getppid() != int(run_pid):
+            server_log.warning("the run that started this server (process %s) is gone; stopping", run_pid)
+            run_pid = None
+            server.stop()
+        thread.join(timeout=0.5)
+    listener.close()
 
 
 class ServerProcess:

@@ -15,6 +15,7 @@ of one server-wide budget. Any error in a frame becomes an ERROR frame, a count 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import socket
@@ -32,6 +33,8 @@ from splitcomp.errors import PeerError
 from splitcomp.link.auth import FrameAuth, new_nonce, session_key
 from splitcomp.link.budget import ByteBudget
 from splitcomp.link.codecs import Codec, RawCodec
+from splitcomp.link.frame_bytes import answer_meta, probe_ack_meta
+from splitcomp.link.shaping import LinkTimeout
 from splitcomp.link.wire import (
     ConnectionClosed,
     Frame,
@@ -45,6 +48,7 @@ from splitcomp.link.wire import (
     encode_frame,
 )
 from splitcomp.profile.timing import precise_sleep
+from splitcomp.records import ServerReport
 from splitcomp.runtime.admission import ConnectionSlots, Throttle
 from splitcomp.runtime.fingerprint import describe_mismatch
 from splitcomp.runtime.handshake import Hello, ModelMismatch, RequestMeta, Welcome
@@ -53,6 +57,7 @@ from splitcomp.runtime.tails import TailBank
 log = logging.getLogger("splitcomp.server")
 
 _MAX_ERROR_CHARS = 400
+RECENT_QUEUE_WEIGHT = 0.2  # EWMA weight of the newest job's queueing delay (reported to probes)
 
 
 @dataclass
@@ -143,6 +148,7 @@ class EdgeServer:
         self.stop_event = threading.Event()
         self.served = 0
         self.rejected_frames = 0
+        self.recent_queue_s = 0.0  # recent mean queueing delay over every client's jobs
         self.turned_away = 0
         self._lock = threading.Lock()
         self._throttle = Throttle()
@@ -211,6 +217,8 @@ class EdgeServer:
                     frame.release()
         except (ConnectionClosed, IdleTimeout) as exc:
             log.debug("client %s: %s", addr, exc)
+        except LinkTimeout as exc:  # an answer stuck in the shaped downlink: the stream is mid-message
+            log.info("client %s: answer abandoned (%s)", addr, exc)
         except PeerError as exc:
             refused = self._reject(connection, conn, str(exc), getattr(exc, "code", "refused"))
         except OSError as exc:  # reset, TLS failure, a send that timed out
@@ -240,7 +248,7 @@ class EdgeServer:
         if connection.auth is not None:
             connection.auth.use_session_key(session_key(self.settings.secret, hello.nonce, welcome.nonce))
         connection.established = True
-        if self.downlink_pacer_factory is not None:
+        if self.downlink_pacer_factory is not None and hello.shaped:  # background clients: no device link
             connection.downlink = self.downlink_pacer_factory(hello.clock_origin)
 
     def _check_header(self, kind: Kind, meta: dict[str, Any], items: list[Any]) -> None:
@@ -260,8 +268,10 @@ class EdgeServer:
         received = time.perf_counter()
         connection.sock.settimeout(self.settings.io_timeout_s)
         if frame.kind is Kind.PROBE:
-            self._send(connection, encode_frame(Kind.PROBE_ACK, {"bytes": frame.payload_bytes},
-                                                auth=connection.auth))
+            # acknowledged over the downlink, with the load a request would meet now
+            report = self._load_now(frame.meta.get("t"))
+            self._send(connection, encode_frame(Kind.PROBE_ACK, probe_ack_meta(report, frame.payload_bytes),
+                                                auth=connection.auth), paced=True)
             return
         request = RequestMeta.parse(frame.meta)
         _, signature = self.tails.get(request.cut)
@@ -275,8 +285,9 @@ class EdgeServer:
         job = Job(request.cut, values, request.t, time.perf_counter(), self.jobs.qsize())
         self.jobs.put(job)
         logits, report = job.future.result()
-        report.update(request=request.request, decode_s=decode_s, handled_s=time.perf_counter() - received)
-        response = encode_frame(Kind.RESPONSE, report, [logits], RawCodec(), auth=connection.auth)
+        report = dataclasses.replace(report, decode_s=decode_s, handled_s=time.perf_counter() - received)
+        response = encode_frame(Kind.RESPONSE, answer_meta(report, request.request), [logits], RawCodec(),
+                                auth=connection.auth)
         self._send(connection, response, paced=True)
         log.debug("answered request %s at cut %d (batch %d)", request.request, request.cut, batch)
 
@@ -320,7 +331,14 @@ class EdgeServer:
                 log.exception("tail failed")
                 job.future.set_exception(PeerError(f"the server failed to run the tail: {exc}"))
 
-    def _compute(self, job: Job) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _load_now(self, t: Any) -> ServerReport:
+        """What a request arriving at scenario time ``t`` would meet: batch, slowdown, the jobs
+        queued now and the recent mean queueing delay."""
+        t = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0
+        return ServerReport(batch_size=self.load.batch_at(t), queue_len=self.jobs.qsize(),
+                            slowdown=self.load.slowdown_at(t), queue_s=self.recent_queue_s)
+
+    def _compute(self, job: Job) -> tuple[torch.Tensor, ServerReport]:
         started = time.perf_counter()
         queue_s = started - job.enqueued
         tail, _ = self.tails.get(job.cut_index)
@@ -339,8 +357,9 @@ class EdgeServer:
             precise_sleep((slowdown - 1.0) * tail_s)
         server_s = time.perf_counter() - started
         self.served += 1
-        report = {"queue_s": queue_s, "tail_s": tail_s, "server_s": server_s, "batch_size": copies,
-                  "queue_len": job.queue_len, "slowdown": slowdown}
+        self.recent_queue_s += RECENT_QUEUE_WEIGHT * (queue_s - self.recent_queue_s)
+        report = ServerReport(batch_size=copies, queue_len=job.queue_len, slowdown=slowdown, queue_s=queue_s,
+                              tail_s=tail_s, server_s=server_s)
         return output[:batch].to("cpu").float(), report
 
 

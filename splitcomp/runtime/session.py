@@ -33,13 +33,14 @@ class SocketSession:
         self.secret = auth_secret(cfg.server)
         self.tls = client_tls(cfg.server)
 
-    def connect(self, link: Any = None) -> EdgeClient:
+    def connect(self, link: Any = None, unshaped_answers: bool = False) -> EdgeClient:
         work = self.scenario.work
         client = EdgeClient(self.host, self.port, work.fingerprint, self.clock,
                             link=self.scenario.link if link is None else link,
                             connect_timeout_s=float(self.cfg.server.connect_timeout_s),
                             io_timeout_s=float(self.cfg.server.io_timeout_s), secret=self.secret, tls=self.tls,
-                            classes=work.plan.cuts[-1].elements // work.example_input.shape[0])
+                            classes=work.plan.cuts[-1].elements // work.example_input.shape[0],
+                            unshaped_answers=unshaped_answers)
         client.connect()
         return client
 
@@ -51,8 +52,9 @@ class SocketSession:
         if getattr(load, "kind", "none") == "clients":
             cut = self.scenario.work.plan.cut(load.cut)
             head_run = self.device.run_head(cut.index, self.scenario.work.example_input)
-            background = BackgroundClients(load, lambda: self.connect(_Unshaped()), head_run.values, self.clock,
-                                           cut_index=cut.index, rate_hz=load.rate_hz)
+            background = BackgroundClients(load, lambda: self.connect(_Unshaped(), unshaped_answers=True),
+                                           head_run.values, self.clock, cut_index=cut.index, rate_hz=load.rate_hz,
+                                           seed=load.seed)
         dataset = self.scenario.dataset
         samples = (dataset[i] for i in range(min(len(dataset), env.n_requests)))
         return SocketParts(self.device, samples, self.scenario.work.codec, self.scenario.link, self.connect,

@@ -1,36 +1,54 @@
-"""The real runtime: device head, real TCP link (optionally shaped), edge-server tail.
+"""The socket backend: serves each request of the request loop (:mod:`splitcomp.loop`) for real.
 
-For every request the policy picks a cut from the *estimates* (rate estimate, the load the
-server last reported); the device runs the head, encodes, sends over the link, and the server
-answers. When the server fails mid-request the device finishes the request itself (a
-``fallback``) and reconnects with backoff, so no request is ever lost.
+The device runs the head (dilated by its slowdown), encodes the values it sends, and the frame
+crosses the real TCP link (shaped by the link's pacer) to the edge-server process, which
+answers with the logits and its :class:`~splitcomp.records.ServerReport`. Everything the loop
+decides is the same as in the simulator; this module only serves and measures, on the scenario
+clock:
+
+* ``device_s`` is the head as :func:`~splitcomp.profile.timing.run_on_device` ran it (and the
+  local tail on a fallback), ``encode_s`` the frame's encoding, ``connect_s`` a reconnection;
+* ``uplink_s`` is the pacer's send (one-way delay included); the server's report gives
+  ``decode_s``, ``queue_s``, ``server_s`` and, as ``overhead_s``, the rest of its handling time;
+  ``downlink_s`` is the rest of the wait for the answer (the server's encoding, the paced
+  transfer with its delay, reading and decoding it on the device).
+
+The connection is opened lazily, when a request or probe first needs the server: a run that
+starts while the server is unreachable runs on the device and keeps retrying (with a growing
+back-off after each failed connection). After any failed exchange the connection is closed (its
+stream is mid-message) and the next exchange reconnects.
+
+The unsplit model's prediction of every input (the ``reference`` of the agreement check) is
+computed after the run, off the scenario clock: computed between requests it left gaps of about
+half a second every 32 requests in the timeline, time that belonged to no request. Inputs are
+read from the dataset before the run and wait in memory for the reference pass; beyond
+``reference_budget_bytes`` both happen between two requests, and that time shows as the next
+request's ``unaccounted_s`` if one is due.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from splitcomp.errors import PeerError
-from splitcomp.link.shaping import ScenarioClock, sleep_until
-from splitcomp.policy.base import DecisionContext, device_only_index
-from splitcomp.profile.latency import ServerLoad
-from splitcomp.runtime.client import EdgeClient, HandshakeError, Reply
+from splitcomp.link.shaping import LinkTimeout, ScenarioClock, sleep_until
+from splitcomp.loop import Job, ProbeResult, RequestLoop, RunEnv, Served, Transfer
+from splitcomp.records import RequestRecord, ServerReport
+from splitcomp.runtime.client import EdgeClient, HandshakeError
 from splitcomp.runtime.device import Device
 
 log = logging.getLogger("splitcomp")
 
-# Requests whose reference outputs (the unsplit model's, for the agreement check) are computed
-# together between two requests; see _References.
-REFERENCE_CHUNK = 32
+REFERENCE_BUDGET_BYTES = 256 * 2**20  # inputs held for the reference pass after the run
 
 
 @dataclass
@@ -47,7 +65,8 @@ class SocketParts:
 
 
 class Reconnector:
-    """Keeps one connection; after a failure waits an exponentially growing backoff."""
+    """Keeps one connection, opened when first needed; after a failed connection, waits an
+    exponentially growing back-off before the next attempt."""
 
     def __init__(self, connect: Callable[[], EdgeClient], backoff_s: float, max_backoff_s: float) -> None:
         self.connect = connect
@@ -56,29 +75,32 @@ class Reconnector:
         self.client: EdgeClient | None = None
         self.failures = 0
         self.retry_at = 0.0
-        self.last_error = ""
 
-    def get(self) -> EdgeClient | None:
-        """The live connection, a new one if the backoff has passed, or None (server unavailable)."""
+    def available(self) -> bool:
+        """False during the back-off after a failed connection."""
+        return (self.client is not None and self.client.connected) or time.monotonic() >= self.retry_at
+
+    def get(self) -> EdgeClient:
+        """The live connection, or a new one; a failed connection raises ``PeerError`` (and starts
+        the back-off). ``HandshakeError`` (a different model, a bad secret) is not retried."""
         if self.client is not None and self.client.connected:
             return self.client
-        if time.monotonic() < self.retry_at:
-            return None
+        self.client = None
         try:
             self.client = self.connect()
-            self.failures = 0
-            return self.client
         except HandshakeError:
-            raise  # a different model on the server: falling back forever would hide it
+            raise
         except PeerError as exc:
-            self.failed(exc)
-            return None
+            self._back_off(exc)
+            raise
+        self.failures = 0
+        return self.client
 
-    def failed(self, exc: BaseException) -> None:
-        self.last_error = str(exc)
-        if self.client is not None:
-            self.client.close()
-        self.client = None
+    def lost(self) -> None:
+        """An exchange failed: drop the connection (its stream is mid-message); reconnect next time."""
+        self.close()
+
+    def _back_off(self, exc: BaseException) -> None:
         self.failures += 1
         delay = min(self.max_backoff_s, self.backoff_s * 2 ** (self.failures - 1))
         self.retry_at = time.monotonic() + delay
@@ -87,6 +109,159 @@ class Reconnector:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+        self.client = None
+
+
+class SocketBackend:
+    """Serves the loop's requests and probes with the real device, link and server."""
+
+    def __init__(self, parts: SocketParts, reconnector: Reconnector,
+                 reference_budget_bytes: int = REFERENCE_BUDGET_BYTES) -> None:
+        self.parts, self.reconnector = parts, reconnector
+        self.clock, self.device, self.link = parts.clock, parts.device, parts.link
+        self.samples: Iterator[tuple[torch.Tensor, int]] = iter(parts.samples)
+        self.inputs: deque[tuple[torch.Tensor, int]] = deque()
+        self.budget_bytes = reference_budget_bytes
+        self.uplink_pacers: dict[float, Any] = {}
+        self.references = _References(parts.device, reference_budget_bytes)
+
+    # --- the clock -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Scenario time 0 is now: whatever ran before (the policy's preparation, starting the
+        background clients, reading the first inputs) is not on the run's clock."""
+        self._read_inputs()
+        self.clock.restart()
+
+    def _read_inputs(self) -> None:
+        """Read inputs ahead, up to the memory budget: reading a dataset (decoding, resizing an
+        image) is not the device's work, which starts when a camera frame is there."""
+        held = 0
+        while held < self.budget_bytes:
+            sample = next(self.samples, None)
+            if sample is None:
+                return
+            self.inputs.append(sample)
+            held += sample[0].numel() * sample[0].element_size()
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def wait_until(self, t: float) -> None:
+        sleep_until(self.clock, t)
+
+    def has_input(self) -> bool:
+        """Another input? Beyond the memory budget, inputs are read and references computed here,
+        between two requests (time that shows as the next one's ``unaccounted_s`` if it is due)."""
+        self.references.within_budget()
+        if not self.inputs:
+            self._read_inputs()
+        return bool(self.inputs)
+
+    def reachable(self) -> bool:
+        return self.reconnector.available()
+
+    def _pacer(self, deadline_s: float) -> Any:
+        if deadline_s not in self.uplink_pacers:
+            self.uplink_pacers[deadline_s] = self.link.uplink_pacer(max_transfer_s=deadline_s)
+        return self.uplink_pacers[deadline_s]
+
+    def _connect(self) -> EdgeClient | None:
+        """The connection, or None when it cannot be had (a back-off starts)."""
+        try:
+            return self.reconnector.get()
+        except HandshakeError:
+            raise
+        except PeerError:
+            return None
+
+    # --- probes --------------------------------------------------------------------------------
+    def probe(self, nbytes: int, deadline_s: float) -> ProbeResult:
+        t_start = self.clock.now()
+        client = self._connect()
+        if client is None:
+            return ProbeResult(self.clock.now(), Transfer.abandoned(nbytes, 0.0, t_start, 0.0))
+        frame = client.probe_frame(nbytes)
+        pacer = self._pacer(max(1e-3, deadline_s - (self.clock.now() - t_start)))
+        sending = self.clock.now()
+        try:
+            client.send(frame, pacer)
+        except PeerError as exc:
+            return self._probe_failed(exc, _abandoned_upload(exc, len(frame), sending))
+        sent = self.clock.now()
+        upload = Transfer(len(frame), sent - sending - pacer.delay_s, sending)
+        try:
+            report = client.receive_probe_ack(timeout_s=deadline_s - (sent - t_start))
+        except PeerError as exc:
+            return self._probe_failed(exc, upload)
+        t_done = self.clock.now()
+        return ProbeResult(t_done, upload, report, rtt_s=t_done - sending - upload.seconds)
+
+    def _probe_failed(self, exc: PeerError, upload: Transfer | None) -> ProbeResult:
+        self.reconnector.lost()
+        log.debug("probe failed: %s", exc)
+        return ProbeResult(self.clock.now(), upload or Transfer.abandoned(0, 0.0, self.clock.now(), 0.0))
+
+    # --- requests ------------------------------------------------------------------------------
+    def serve(self, job: Job) -> Served:
+        """One request; each part is a lap of one stopwatch on the scenario clock, so together
+        they cover all of it."""
+        watch = _Laps(self.clock)
+        x_image, label = self.inputs.popleft()
+        x = x_image.unsqueeze(0)
+        self.references.add(job.index, x)
+        cut = job.cut
+        parts: dict[str, Any] = {}
+        if not cut.is_device_only:
+            client = self._connect()
+            parts["connect_s"] = watch.lap()
+        head = self.device.run_head(cut.index, x)
+        if cut.is_device_only:
+            prediction = _predicted_class(head.values[0])
+            parts["device_s"] = watch.lap()
+            return self._served(prediction, label, **parts)
+        parts["device_s"] = watch.lap()
+        if client is None:
+            return self._fallback(cut, head, label, watch, parts)
+        frame = client.request_frame(job.index, cut.index, head.values, self.parts.codec)
+        pacer = self._pacer(job.deadline_s)
+        parts.update(encode_s=watch.lap(), bytes_up=len(frame))
+        try:
+            client.send(frame, pacer)
+        except PeerError as exc:
+            self.reconnector.lost()
+            parts["uplink_s"] = watch.lap()
+            return self._fallback(cut, head, label, watch, parts, upload=_abandoned_upload(exc, len(frame), watch.t0))
+        parts["uplink_s"] = watch.lap()
+        upload = Transfer(len(frame), parts["uplink_s"] - pacer.delay_s, watch.t0)
+        try:
+            answer = client.receive()
+        except PeerError:
+            self.reconnector.lost()
+            parts["downlink_s"] = watch.lap()
+            return self._fallback(cut, head, label, watch, parts, upload=upload)
+        prediction = _predicted_class(answer.logits)
+        waited_s = watch.lap()
+        report = answer.report
+        server_s = report.decode_s + report.queue_s + report.server_s
+        overhead_s = max(0.0, report.handled_s - server_s)
+        return self._served(prediction, label, **parts, decode_s=report.decode_s, queue_s=report.queue_s,
+                            server_s=report.server_s, overhead_s=overhead_s,
+                            downlink_s=waited_s - server_s - overhead_s, bytes_down=answer.bytes_down,
+                            report=report, upload=upload)
+
+    def _fallback(self, cut: Any, head: Any, label: int, watch: _Laps, parts: dict[str, Any],
+                  upload: Transfer | None = None) -> Served:
+        """The exchange failed: the device runs the rest of the model itself."""
+        logits, _ = self.device.run_tail_locally(cut.index, head.values)
+        prediction = _predicted_class(logits)
+        parts["device_s"] += watch.lap()
+        return self._served(prediction, label, failed=True, upload=upload, **parts)
+
+    def _served(self, prediction: int, label: int, **parts: Any) -> Served:
+        return Served(self.clock.now(), prediction=prediction, label=int(label), **parts)
+
+    def close(self) -> None:
+        self.reconnector.close()
 
 
 class SocketRuntime:
@@ -102,225 +277,132 @@ class SocketRuntime:
         self.progress = progress
         self.warmup = warmup
         self.session: Any = None
-        self.records: list[dict[str, Any]] = []
-        self.initial_load = ServerLoad()  # what the server reported before the first run
+        self.loop: RequestLoop | None = None
+        self.observer: Callable[[RequestRecord], None] | None = None  # called after every request
+        self.initial_report: ServerReport | None = None  # what the server reported before the first run
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        """The records of the run in progress or last run (readable after an interruption)."""
+        return [] if self.loop is None else self.loop.records
 
     def attach(self, session: Any) -> None:
-        """The socket session (link, server address, device) that :meth:`run` uses; with
-        ``warmup``, every candidate cut is exercised once on both sides first (see :func:`warm_up`)."""
+        """The socket session (link, server address, device) that :meth:`run` uses. The server
+        must answer here (a wrong address is one clear error before any run); with ``warmup``,
+        every candidate cut is exercised once on both sides first (see :func:`warm_up`)."""
         self.session = session
-        if self.warmup:
-            self.initial_load = warm_up(session)
+        self.initial_report = warm_up(session, exercise=self.warmup)
 
-    def run(self, env: Any, parts: SocketParts | None = None) -> list[dict[str, Any]]:
+    def run(self, env: RunEnv, parts: SocketParts | None = None) -> list[RequestRecord]:
         """Serve ``env.n_requests`` requests; ``parts`` defaults to the attached session's."""
         if parts is None:
             if self.session is None:
                 raise RuntimeError("SocketRuntime.run needs parts or an attached session")
             parts = self.session.parts(env)
-        env.policy.prepare(env)  # as the simulator does: hindsight policies look at the scenario
-        env.estimator.reset()
-        env.estimator.bind(env.uplink)
-        run = _Run(env, parts, Reconnector(parts.connect, self.backoff_s, self.max_backoff_s), self.probe)
-        run.load = self.initial_load
-        run.reconnector.client = parts.connect()  # an unreachable server at the start is an error
-        samples = iter(parts.samples)
-        references = _References(parts.device, REFERENCE_CHUNK)
-        records: list[dict[str, Any]] = []
-        self.records = records  # readable after an interruption
-        bar = tqdm(total=env.n_requests, desc=f"{getattr(env.policy, 'name', 'policy')} requests",
-                   disable=not self.progress, unit="req")
+        env = _with_probes(env, self.probe)
+        backend = SocketBackend(parts, Reconnector(parts.connect, self.backoff_s, self.max_backoff_s))
+        self.loop = RequestLoop(env, backend, self.initial_report)
+        bar = tqdm(total=env.n_requests, desc=f"{env.policy.name} requests", disable=not self.progress, unit="req")
+
+        def progress(record: RequestRecord) -> None:
+            bar.update(1)
+            bar.set_postfix(cut=record.cut_name, ms=f"{1000 * record.latency_s:.1f}")
+            if self.observer is not None:
+                self.observer(record)
+
+        self.loop.on_record = progress
         if parts.background is not None:
             parts.background.start()
         try:
-            for i in range(env.n_requests):
-                try:
-                    image, label = next(samples)
-                except StopIteration:
-                    break
-                x = image.unsqueeze(0)
-                records.append(run.request(i, x, int(label)))
-                references.add(records[-1], x)
-                bar.update(1)
-                bar.set_postfix(cut=records[-1]["cut_name"], ms=f"{1000 * records[-1]['latency_s']:.1f}")
+            records = self.loop.run()
         finally:
             bar.close()
-            run.reconnector.close()
+            backend.close()
             if parts.background is not None:
                 parts.background.stop()
-        references.flush()
+        backend.references.fill(records)
         return records
 
 
+def _predicted_class(logits: torch.Tensor) -> int:
+    return int(logits.argmax(1)[0])
+
+
+class _Laps:
+    """A stopwatch on the scenario clock: each ``lap()`` is the time since the previous one."""
+
+    def __init__(self, clock: ScenarioClock) -> None:
+        self.clock = clock
+        self.t0 = self.last = clock.now()
+
+    def lap(self) -> float:
+        now = self.clock.now()
+        self.t0, seconds, self.last = self.last, now - self.last, now
+        return seconds
+
+
+def _abandoned_upload(exc: PeerError, nbytes: int, t_start: float) -> Transfer | None:
+    """What a failed upload says about the rate: a deadline (``LinkTimeout``) tells the bytes
+    the link carried in its time; a broken connection says nothing."""
+    if not isinstance(exc, LinkTimeout):
+        return None
+    return Transfer.abandoned(nbytes, exc.shaped_s, t_start, exc.carried_bytes)
+
+
+def _with_probes(env: RunEnv, probe: bool) -> RunEnv:
+    return dataclasses.replace(env, probes=env.probes and probe)
+
+
 class _References:
-    """The unsplit model's prediction of every request, off the request timeline.
+    """The unsplit model's prediction of every input, computed off the request timeline."""
 
-    The check is bookkeeping, not work the device does. Run right after each request, it
-    preceded every timed head and shared the caches with the server's tail (in one interleaved
-    measurement on a 2-core VM the next head took 20-40% longer). Inputs now wait here and run
-    every ``chunk`` requests, one at a time (a lone request's numerics), and at the end."""
-
-    def __init__(self, device: Device, chunk: int) -> None:
+    def __init__(self, device: Device, budget_bytes: int) -> None:
         self.device = device
-        self.chunk = chunk
-        self.pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+        self.budget_bytes = budget_bytes
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.held_bytes = 0
+        self.classes: dict[int, int] = {}
 
-    def add(self, record: dict[str, Any], x: torch.Tensor) -> None:
-        self.pending.append((record, x))
-        if len(self.pending) >= self.chunk:
-            self.flush()
+    def add(self, index: int, x: torch.Tensor) -> None:
+        self.pending.append((index, x))
+        self.held_bytes += x.numel() * x.element_size()
 
-    def flush(self) -> None:
-        for record, x in self.pending:
-            record["reference"] = int(self.device.reference(x).argmax(1)[0])
+    def within_budget(self) -> None:
+        if self.held_bytes > self.budget_bytes:
+            self.compute()
+
+    def compute(self) -> None:
+        for index, x in self.pending:
+            self.classes[index] = int(self.device.reference(x).argmax(1)[0])
         self.pending.clear()
+        self.held_bytes = 0
+
+    def fill(self, records: list[RequestRecord]) -> None:
+        self.compute()
+        for record in records:
+            record.reference = self.classes.get(record.request)
 
 
-class _Run:
-    """State of one socket run: the clock, the last server report, the pacers."""
-
-    def __init__(self, env: Any, parts: SocketParts, reconnector: Reconnector, probe: bool) -> None:
-        self.env, self.parts, self.reconnector, self.probe_enabled = env, parts, reconnector, probe
-        self.clock = parts.clock
-        self.load = ServerLoad()
-        self.uplink_pacer = parts.link.uplink_pacer()
-        self.downlink_pacer = parts.link.downlink_pacer()
-        self.rng = np.random.default_rng(env.seed)
-        self.next_start = 0.0
-        self.device_only = device_only_index(env.candidates)
-
-    # --- one request ------------------------------------------------------------------------
-    def request(self, i: int, x: torch.Tensor, label: int) -> dict[str, Any]:
-        sleep_until(self.clock, self.next_start)
-        client = self.reconnector.get()
-        if client is not None and self.probe_enabled and self.env.estimator.needs_probe(self.clock.now()):
-            self._probe(client)
-        t_start = self.clock.now()
-        ctx = self._context(t_start)
-        choice = self.env.policy.choose(ctx) if client is not None else self.device_only
-        cut = self.env.candidates[choice]
-        predicted = self._predict(cut, ctx)
-        record = self._execute(i, cut, x, client)
-        record["fallback"] = record["fallback"] or client is None  # server known down: ran locally
-        record.update(self._common_fields(i, t_start, cut, ctx, predicted, label))
-        finish_record(record)
-        self.env.policy.observe(record)
-        end = t_start + record["latency_s"]
-        self.next_start = self.env.arrivals.next_start(t_start, end, self.rng)
-        return record
-
-    def _context(self, t: float) -> DecisionContext:
-        estimator = self.env.estimator
-        true_load = ServerLoad(batch_size=self.env.load_model.batch_at(t),
-                               slowdown=self.env.load_model.slowdown_at(t)) if self.env.load_model else None
-        return DecisionContext(t=t, candidates=self.env.candidates, latency_model=self.env.latency_model,
-                               rate_estimate_bps=estimator.estimate(t), rate_estimate_age_s=estimator.age(t),
-                               load=self.load, uplink=self.env.uplink, downlink=self.env.downlink,
-                               true_load=true_load)
-
-    def _predict(self, cut: Any, ctx: DecisionContext) -> Any:
-        rate = ctx.rate_estimate_bps
-        return self.env.latency_model.predict(cut, rate, rate, ctx.load)
-
-    def _execute(self, i: int, cut: Any, x: torch.Tensor, client: EdgeClient | None) -> dict[str, Any]:
-        device = self.parts.device
-        head = device.run_head(cut.index, x)
-        if cut.is_device_only:
-            return self._local_record(head.values[0], head.device_s, fallback=False)
-        started = time.perf_counter()
-        frame = client.request_frame(i, cut.index, head.values, self.parts.codec)
-        encode_s = time.perf_counter() - started
-        try:
-            reply = client.exchange(frame, self.uplink_pacer)
-        except PeerError as exc:
-            self.reconnector.failed(exc)
-            logits, tail_s = device.run_tail_locally(cut.index, head.values)
-            record = self._local_record(logits, head.device_s + encode_s + tail_s, fallback=True)
-            record.update(device_s=head.device_s, encode_s=encode_s, server_s=0.0)
-            return record
-        return self._remote_record(reply, head.device_s, encode_s, len(frame))
-
-    def _local_record(self, logits: torch.Tensor, device_s: float, fallback: bool) -> dict[str, Any]:
-        return {"logits": logits, "bytes_up": 0, "bytes_down": 0, "device_s": device_s, "encode_s": 0.0,
-                "uplink_s": 0.0, "queue_s": 0.0, "server_s": 0.0, "downlink_s": 0.0, "decode_s": 0.0,
-                "latency_s": device_s, "fallback": fallback, "rate_trace_bps": float("nan"),
-                "server_load": float("nan")}
-
-    def _remote_record(self, reply: Reply, device_s: float, encode_s: float, bytes_up: int) -> dict[str, Any]:
-        report = reply.report
-        self.load = reported_load(report)
-        handled_s = float(report.get("handled_s", 0.0))
-        network_s = max(0.0, reply.round_trip_s - handled_s)
-        downlink_s = min(network_s, self.downlink_pacer.expected_seconds(reply.bytes_down, self.clock.now()))
-        uplink_s = network_s - downlink_s
-        self._feed_estimator(bytes_up, uplink_s)
-        return {"logits": reply.logits, "bytes_up": bytes_up, "bytes_down": reply.bytes_down,
-                "device_s": device_s, "encode_s": encode_s, "uplink_s": uplink_s,
-                "queue_s": float(report.get("queue_s", 0.0)), "server_s": float(report.get("server_s", 0.0)),
-                "decode_s": float(report.get("decode_s", 0.0)), "downlink_s": downlink_s,
-                "latency_s": device_s + encode_s + reply.round_trip_s, "fallback": False,
-                "rate_trace_bps": reply.uplink_trace_rate_bps, "server_load": self.load.batch_size
-                if self.load.batch_size > 1 else self.load.queue_len}
-
-    def _feed_estimator(self, nbytes: int, uplink_s: float) -> None:
-        seconds = uplink_s - self.parts.link.one_way_delay_s
-        if nbytes > 0 and seconds > 0:
-            self.env.estimator.update(nbytes, seconds, self.clock.now())
-
-    def _probe(self, client: EdgeClient) -> None:
-        nbytes = int(getattr(self.env.estimator, "probe_bytes", 16384))
-        try:
-            seconds = client.probe(nbytes, self.uplink_pacer)
-        except PeerError as exc:
-            self.reconnector.failed(exc)
-            return
-        # The server acks a probe at once, without the downlink's delay or pacing, so the round
-        # trip is the uplink transfer (whose one-way delay _feed_estimator takes off). Taking the
-        # downlink's delay off as well left 10 ms too little: above ~13 Mbit/s nothing positive
-        # remained and the estimate never formed (with a 16 KiB probe and a 10 ms delay).
-        self._feed_estimator(nbytes, seconds)
-
-    def _common_fields(self, i: int, t_start: float, cut: Any, ctx: DecisionContext, predicted: Any,
-                       label: int) -> dict[str, Any]:
-        fields = {"request": i, "t_start": t_start, "cut": cut.index, "cut_name": cut.name,
-                  "predicted_latency_s": predicted.total_s if math.isfinite(predicted.total_s) else float("nan"),
-                  "rate_estimate_bps": ctx.rate_estimate_bps if ctx.rate_estimate_bps is not None else float("nan"),
-                  "reference": None, "label": label}  # reference: filled in by _References
-        fields.update({f"predicted_{k}": v for k, v in predicted.as_dict().items() if k != "total_s"})
-        return fields
-
-
-def reported_load(report: dict[str, Any]) -> ServerLoad:
-    """The server's load report (sent with every answer) as a :class:`ServerLoad`."""
-    return ServerLoad(batch_size=int(report.get("batch_size", 1)), queue_len=int(report.get("queue_len", 0)),
-                      slowdown=float(report.get("slowdown", 1.0)), queue_s=float(report.get("queue_s", 0.0)))
-
-
-def warm_up(session: Any) -> ServerLoad:
-    """One unrecorded request per candidate cut over an unshaped exchange, before any run.
+def warm_up(session: Any, exercise: bool = True) -> ServerReport:
+    """Connect once (an unreachable server or a different model is an error here, before any
+    run) and, with ``exercise``, send one unrecorded request per candidate cut over an exchange
+    shaped in neither direction.
 
     The first call of a head or tail builds it (``plan.split``) and pays one-off allocations, which
-    the profiles (medians after warm-up calls) do not contain. Returns the load the server
-    reported last, so that the first request of a run is predicted with a reported load like
-    every later one (not as batch 1 on a batching server). Without both, the first request at
-    each cut was mispredicted by 47% on average, against 5% with them (Lite0, batch-4 load)."""
+    the profiles (medians after warm-up calls) do not contain. Returns the server's last report,
+    so that the first request of a run is predicted with a reported load like every later one
+    (not as batch 1 on a batching server). Without both, the first request at each cut was
+    mispredicted by 47% on average, against 5% with them (Lite0, batch-4 load)."""
     work = session.scenario.work
-    client = session.connect()
-    load = ServerLoad()
+    client = session.connect(unshaped_answers=True)
+    report = ServerReport()
     try:
-        for cut in session.scenario.profiles.cuts:
+        for cut in session.scenario.profiles.cuts if exercise else []:
             head = session.device.run_head(cut.index, work.example_input)
             session.device.reference(work.example_input)
             if not cut.is_device_only:
                 frame = client.request_frame(-1, cut.index, head.values, work.codec)
-                load = reported_load(client.exchange(frame).report)
+                report = client.exchange(frame).report
     finally:
         client.close()
-    return load
-
-
-def finish_record(record: dict[str, Any]) -> dict[str, Any]:
-    """Replace the logits by the predicted class (records are flat rows)."""
-    logits = record.pop("logits")
-    record["prediction"] = int(logits.argmax(1)[0])
-    return record
+    return report

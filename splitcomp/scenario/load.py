@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -31,10 +31,14 @@ from splitcomp.scenario.loaders import (
     read_text,
     resolve_path,
 )
+from splitcomp.scenario.trace import time_value_pairs
 
 
-class LoadModel:
-    """Base of the server-load models: no load at any time."""
+@runtime_checkable
+class LoadModel(Protocol):
+    """What a server-load model answers (the runtime, the simulator and hindsight policies ask).
+    The models here derive from it and inherit its answers for no load; any object with these
+    methods will do."""
 
     kind: str = "none"
 
@@ -48,6 +52,10 @@ class LoadModel:
 
     def clients_at(self, t: float) -> int:
         """Background device clients sending requests at time ``t``."""
+        return 0
+
+    def max_clients(self) -> int:
+        """The most background clients at any time (the real runtime starts that many)."""
         return 0
 
     def describe(self) -> dict[str, Any]:
@@ -106,9 +114,11 @@ class BatchLoad(LoadModel):
 class ClientsLoad(LoadModel):
     """``clients`` background devices send real requests to the server at the ``cut`` they use.
 
-    With ``rate_hz`` each client sends Poisson arrivals at that mean rate (open loop); with
-    ``rate_hz: null`` each sends its next request as soon as the previous answer arrives (closed
-    loop). ``schedule`` (``[[t_s, n], ...]``) changes the number of clients over time.
+    With ``rate_hz`` each client waits an exponential gap of mean ``1 / rate_hz`` after each
+    answer, drawn from a generator seeded by ``seed`` (open loop); with ``rate_hz: null`` each
+    sends its next request as soon as the previous answer arrives (closed loop). ``schedule``
+    (``[[t_s, n], ...]``) changes the number of clients over time. How the simulator and the
+    oracle see their queueing: :class:`splitcomp.profile.queueing.TrueLoad`.
     """
 
     kind = "clients"
@@ -141,6 +151,9 @@ class ClientsLoad(LoadModel):
 
     def clients_at(self, t: float) -> int:
         return int(self._series.at(t))
+
+    def max_clients(self) -> int:
+        return int(max([self.clients, *self._series.values]))
 
     def arrival_times(self, duration: float) -> np.ndarray:
         """Sorted times in [0, duration) of all background requests (open loop only), a Poisson
@@ -204,13 +217,7 @@ def _schedule(schedule: Iterable[Sequence[float]] | None, what: str) -> tuple[np
     """A config schedule ``[[t_s, value], ...]`` as two arrays, validated."""
     if schedule is None:
         return np.empty(0), np.empty(0)
-    try:
-        pairs = [tuple(float(v) for v in pair) for pair in schedule]
-    except (TypeError, ValueError):
-        pairs = [()]
-    if not pairs or any(len(p) != 2 for p in pairs):
-        raise ConfigError(f"{what} must be a non-empty list of [t_s, value] pairs, got {schedule!r}")
-    times, values = (np.array(col) for col in zip(*pairs, strict=True))
+    times, values = time_value_pairs(schedule, what)
     _check_times(times, ConfigError, what)
     return times, values
 

@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from splitcomp.configs import config_dir
+from splitcomp.configs import project_root
 from splitcomp.errors import ConfigError, TraceError
 from splitcomp.scenario.trace import Trace
 
-# Relative paths in the configs (conf/server_load/examples/..., ../shared/traces/...) are relative to
-# the folder holding conf/: the repository in a checkout, the package's folder in an installed wheel.
-PROJECT_ROOT = config_dir().parent
+PROJECT_ROOT = project_root()  # where relative paths in the configs start (see splitcomp.configs)
 DEFAULT_MAX_GAP_S = 10.0
 _SEP = re.compile(r"[,\s]+")
 _INNER_SPACE = re.compile(r"\S[ \t]+\S")  # a line holding more than one token

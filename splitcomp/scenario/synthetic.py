@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from splitcomp.errors import ConfigError
-from splitcomp.scenario.trace import Trace
+from splitcomp.scenario.trace import Trace, time_value_pairs
 
 _MIN_SOJOURN_S = 1e-3  # Markov sojourns are at least 1 ms so sample times stay strictly increasing
 
@@ -29,20 +29,14 @@ def step(
 ) -> Trace:
     """A rate that changes at given times: ``steps`` is a list of ``(t_s, rate_bps)``, the first at t = 0."""
     _check_duration(duration)
-    try:
-        pairs = [tuple(float(v) for v in pair) for pair in steps]
-    except (TypeError, ValueError):
-        pairs = []
-    if not pairs or any(len(p) != 2 for p in pairs):
-        raise ConfigError(f"channel.steps must be a non-empty list of [t_s, rate_bps] pairs, got {steps!r}")
-    times, rates = (np.array(col) for col in zip(*pairs, strict=True))
+    times, rates = time_value_pairs(steps, "channel.steps", "rate_bps")
     if times[0] != 0 or np.any(np.diff(times) <= 0):
         raise ConfigError(f"channel.steps times must start at 0 and strictly increase, got {times.tolist()}")
     if not duration > times[-1]:
         raise ConfigError(f"channel.duration ({duration:g} s) must be after the last step ({times[-1]:g} s)")
     for rate in rates:
         _check_rate("a step rate", rate)
-    return _trace(times, rates, duration, rtt_s, f"step({len(pairs)})")
+    return _trace(times, rates, duration, rtt_s, f"step({len(times)})")
 
 
 def square(

@@ -8,9 +8,12 @@ never left without a rate. Rates are bit/s, times and RTTs seconds.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from splitcomp.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,6 @@ class Trace:
     def time_weighted_mean_rate_bps(self) -> float:
         """Mean rate over time: what a long transfer sees on average."""
         return float(self._cum_bits[-1] / self.duration)
-
-    def _widths(self) -> np.ndarray:
-        return np.diff(np.append(self.times, self.duration))
 
     def _index(self, t: float) -> int:
         return int(np.searchsorted(self.times, t % self.duration, side="right") - 1)
@@ -149,3 +149,16 @@ class Trace:
     def scaled(self, factor: float) -> Trace:
         """The same trace with every rate multiplied by ``factor``."""
         return dataclasses.replace(self, rates_bps=self.rates_bps * factor, name=f"{self.name}*{factor:g}")
+
+
+def time_value_pairs(pairs: Iterable[Sequence[float]], what: str, value: str = "value") -> tuple[np.ndarray, np.ndarray]:
+    """A config list ``[[t_s, value], ...]`` as two float arrays (times, values); anything else is
+    a :class:`ConfigError` naming the setting ``what``. The times are not checked here."""
+    try:
+        rows = [tuple(float(v) for v in pair) for pair in pairs]
+    except (TypeError, ValueError):
+        rows = []
+    if not rows or any(len(row) != 2 for row in rows):
+        raise ConfigError(f"{what} must be a non-empty list of [t_s, {value}] pairs, got {pairs!r}")
+    times, values = (np.array(col) for col in zip(*rows, strict=True))
+    return times, values

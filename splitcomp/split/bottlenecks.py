@@ -9,14 +9,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from splitcomp.errors import ConfigError
-
-if TYPE_CHECKING:
-    from splitcomp.split.plan import Cut
+from splitcomp.split.cuts import Cut
 
 
 class BottleneckRule(ABC):

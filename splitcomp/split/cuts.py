@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import operator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import accumulate
 from typing import Any
 
@@ -30,6 +30,27 @@ _RANDOM_NAMES = ("rand", "randn", "randint", "randperm", "rand_like", "randn_lik
                  "bernoulli", "multinomial", "normal", "poisson", "dropout")
 _IN_PLACE_OPERATORS = ("iadd", "isub", "imul", "imatmul", "itruediv", "ifloordiv", "imod", "ipow",
                        "iand", "ior", "ixor", "ilshift", "irshift", "iconcat")
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One place to split the model. FLOPs count 2 per multiply-add (see ``splitcomp.split.measure``);
+    parameter bytes include buffers, and a weight used on both sides counts on both."""
+
+    index: int  # position in plan.cuts
+    name: str  # "input", "output", or the fx node the cut follows
+    crossing: tuple[str, ...]  # names of the values sent (tensors and small plain values)
+    elements: int  # tensor elements crossing
+    bytes: int  # bytes crossing under the plan's codec
+    head_flops: int
+    tail_flops: int
+    head_param_bytes: int
+    tail_param_bytes: int
+    single_tensor: bool  # exactly one tensor crosses (plain values aside)
+    ends_modules: tuple[str, ...] = ()  # paths of the modules whose output this cut sends (outermost first)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

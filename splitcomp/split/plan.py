@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -13,7 +12,7 @@ from torch import fx, nn
 from splitcomp.errors import ConfigError
 from splitcomp.link.codecs import Codec, RawCodec
 from splitcomp.split.bottlenecks import BottleneckRule, PaperRule
-from splitcomp.split.cuts import CutRecord, GraphOrder, enumerate_cuts, order_graph
+from splitcomp.split.cuts import Cut, CutRecord, GraphOrder, enumerate_cuts, order_graph
 from splitcomp.split.extract import build_head, build_segment, build_tail
 from splitcomp.split.graph import trace
 from splitcomp.split.measure import measure
@@ -21,27 +20,6 @@ from splitcomp.split.measure import measure
 
 class CutNotFoundError(ConfigError, ValueError):
     """A cut name or index that the plan does not have."""
-
-
-@dataclass(frozen=True)
-class Cut:
-    """One place to split the model. FLOPs count 2 per multiply-add (see ``splitcomp.split.measure``);
-    parameter bytes include buffers, and a weight used on both sides counts on both."""
-
-    index: int  # position in plan.cuts
-    name: str  # "input", "output", or the fx node the cut follows
-    crossing: tuple[str, ...]  # names of the values sent (tensors and small plain values)
-    elements: int  # tensor elements crossing
-    bytes: int  # bytes crossing under the plan's codec
-    head_flops: int
-    tail_flops: int
-    head_param_bytes: int
-    tail_param_bytes: int
-    single_tensor: bool  # exactly one tensor crosses (plain values aside)
-    ends_modules: tuple[str, ...] = ()  # paths of the modules whose output this cut sends (outermost first)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class SplitPlan:
@@ -69,10 +47,6 @@ class SplitPlan:
     @property
     def total_flops(self) -> int:
         return self.cuts[-1].head_flops
-
-    def is_natural(self, cut: Cut | str | int) -> bool:
-        index = self.cut(cut).index
-        return any(c.index == index for c in self.natural_bottlenecks)
 
     def cut(self, name_or_index: Cut | str | int) -> Cut:
         """The cut with this name or index (negative indices count from the end)."""

@@ -15,18 +15,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from splitcomp.build import build_model
 from splitcomp.split import SplitPlan, analyze
-from splitcomp.split.report import COLUMNS, cut_rows, markdown_table, plot_plan
+from splitcomp.split.report import COLUMNS, cut_rows, markdown_table
 from splitcomp.tasks.common import CONF_DIR, config_dict, user_errors_are_one_line
 from splitcomp.track import start_run_from_config
+from splitcomp.track.plots import plot_plan, save_figure
 
 SUMMARY_COLUMNS = ("index", "name", "crossing_count", "bytes", "head_mflops", "tail_mflops")
 
 
 def write_reports(plan: SplitPlan, out_dir: Path, title: str) -> list[Path]:
     """``cuts.csv``, ``cuts.md`` and ``cuts.png`` in ``out_dir``; returns their paths."""
-    import matplotlib.pyplot as plt
-
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = cut_rows(plan)
     csv_path, md_path, png_path = out_dir / "cuts.csv", out_dir / "cuts.md", out_dir / "cuts.png"
@@ -35,9 +35,7 @@ def write_reports(plan: SplitPlan, out_dir: Path, title: str) -> list[Path]:
         writer.writeheader()
         writer.writerows(rows)
     md_path.write_text(f"# {title}\n\n{plan!r}\n\n{markdown_table(rows)}")
-    figure = plot_plan(plan, title)
-    figure.savefig(png_path, dpi=120)
-    plt.close(figure)
+    save_figure(plot_plan(plan, title), png_path, dpi=120)
     return [csv_path, md_path, png_path]
 
 
@@ -48,7 +46,7 @@ def summary_table(plan: SplitPlan) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    model = instantiate(cfg.model).eval()
+    model = build_model(cfg.model, int(cfg.get("seed", 0)))  # a missing fitted head is fitted first, logged
     codec = instantiate(cfg.codec)
     rule = instantiate(cfg.bottleneck)
     size = int(cfg.dataset.image_size)

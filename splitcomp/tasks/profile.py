@@ -21,12 +21,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from splitcomp.build import build_workload
 from splitcomp.profile.check import ProfileCheckError
 from splitcomp.profile.latency import Profiles
 from splitcomp.profile.profiler import get_profiles
-from splitcomp.tasks.build import build_workload
 from splitcomp.tasks.common import CONF_DIR, config_dict, user_errors_are_one_line
 from splitcomp.track import start_run_from_config
+from splitcomp.track.plots import plot_profiles
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +43,6 @@ def profile_table(profiles: Profiles) -> str:
         rows.append(f"{cut.name[:28]:<28} {cut.bytes_up:>10d} {1e3 * cut.head_at(1):>9.2f} "
                     f"{1e3 * cut.encode_s:>7.2f} {1e3 * cut.decode_s:>7.2f} {tails}")
     return "\n".join(rows)
-
-
-def plot_profiles(profiles: Profiles, path: Path) -> Path:
-    """Head time, tail time per batch size and bytes per cut, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = profiles.names
-    xs = range(len(names))
-    fig, (ax_head, ax_tail, ax_bytes) = plt.subplots(3, 1, figsize=(max(6.0, 0.5 * len(names) + 3), 9), sharex=True)
-    ax_head.bar(xs, [1e3 * c.head_at(1) for c in profiles.cuts], color="tab:blue")
-    ax_head.set_ylabel("device head (ms)")
-    for b in sorted(profiles.cuts[0].tail_s):
-        ax_tail.plot(xs, [1e3 * c.tail_s.get(b, 0.0) for c in profiles.cuts], marker="o", label=f"batch {b}")
-    ax_tail.set_ylabel("server tail (ms)")
-    ax_tail.legend(fontsize="small")
-    # device-only sends nothing: no bar (NaN) rather than a fake one on the log axis
-    ax_bytes.bar(xs, [c.bytes_up or float("nan") for c in profiles.cuts], color="tab:green")
-    ax_bytes.set_yscale("log")
-    ax_bytes.set_ylabel("bytes up")
-    ax_bytes.set_xticks(list(xs), names, rotation=60, ha="right", fontsize="small")
-    fig.suptitle("profiles per candidate cut")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def cut_metrics(profiles: Profiles) -> list[dict[str, float]]:

@@ -30,8 +30,8 @@ def main(cfg: DictConfig) -> float:
     from splitcomp.experiment import run_experiment  # heavy imports after argument parsing
 
     OmegaConf.resolve(cfg)
-    summary = run_experiment(cfg, output_dir(), config_dict(cfg))
-    return float(summary["metrics"].get("latency_ms_mean", float("nan")))
+    result = run_experiment(cfg, output_dir(), config_dict(cfg))
+    return float(result.metrics.get("latency_ms_mean", float("nan")))
 
 
 if __name__ == "__main__":

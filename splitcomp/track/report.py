@@ -19,7 +19,8 @@ from typing import Any
 import pandas as pd
 
 from splitcomp.errors import ConfigError, PeerError
-from splitcomp.track.sweep import JOB_NUM_TAG, JOBS_TAG, OVERRIDES_TAG, SWEEP_TAG
+from splitcomp.track.plots import latency_bar_figure, pooled_cdf_figure, save_figure
+from splitcomp.track.tags import JOB_NUM_TAG, JOBS_TAG, OVERRIDES_TAG, SWEEP_TAG
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download otherwise
 
@@ -215,37 +216,6 @@ def write_tables(table: pd.DataFrame, aggregates: pd.DataFrame, out_dir: Path, s
     return [jobs_csv, policies_csv, md]
 
 
-# --- plots ---------------------------------------------------------------------------------------
-
-def latency_bar_figure(table: pd.DataFrame) -> Any:
-    """Mean latency (p95 as a thin marker) per scenario, one bar per policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    scenarios = list(dict.fromkeys(table["scenario"]))
-    policies = sorted(set(table["policy"]))
-    width = 0.8 / max(len(policies), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(scenarios) * max(1, len(policies)) / 2 + 2), 4.5))
-    for k, policy in enumerate(policies):
-        sub = table[table["policy"] == policy].groupby("scenario")
-        mean = sub["latency_ms_mean"].mean().reindex(scenarios)
-        xs = np.arange(len(scenarios)) + (k - (len(policies) - 1) / 2) * width
-        ax.bar(xs, mean.to_numpy(dtype=float), width, label=policy)
-        if "latency_ms_p95" in table:
-            p95 = sub["latency_ms_p95"].mean().reindex(scenarios)
-            ax.plot(xs, p95.to_numpy(dtype=float), "k_", ms=8)
-    ax.set_xticks(range(len(scenarios)), [s.replace(" ", "\n") for s in scenarios], fontsize="small")
-    ax.set_ylabel("latency (ms): bar mean, dash p95")
-    ax.set_yscale("log")
-    ax.legend(fontsize="small")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 def job_records(client: Any, table: pd.DataFrame) -> dict[str, list[pd.DataFrame]]:
     """The ``records.csv`` artifact of every job that has one, grouped by policy."""
     by_policy: dict[str, list[pd.DataFrame]] = {}
@@ -259,14 +229,6 @@ def job_records(client: Any, table: pd.DataFrame) -> dict[str, list[pd.DataFrame
     return by_policy
 
 
-def cdf_figure(records: dict[str, list[pd.DataFrame]]) -> Any:
-    """Latency CDF per policy, pooled over the sweep's scenarios."""
-    from splitcomp.track.plots import cdf_figure as run_cdf
-
-    pooled = {p: pd.concat(frames)[["latency_s"]].to_dict("records") for p, frames in sorted(records.items())}
-    return run_cdf(pooled)
-
-
 # --- the whole report ----------------------------------------------------------------------------
 
 def make_report(client: Any, experiment: str, out_dir: Path, parent_run_id: str | None = None,
@@ -275,7 +237,6 @@ def make_report(client: Any, experiment: str, out_dir: Path, parent_run_id: str 
 
     Returns ``{"parent": run, "table", "aggregates", "paths", "jobs", "jobs_failed"}`` (``jobs``: as
     many as the sweep made, also those that died before opening a run, when the parent says)."""
-    import matplotlib.pyplot as plt
 
     parent = find_parent(client, experiment, parent_run_id)
     children = child_runs(client, parent)
@@ -286,20 +247,14 @@ def make_report(client: Any, experiment: str, out_dir: Path, parent_run_id: str 
     aggregates = policy_aggregates(table)
     paths = write_tables(table, aggregates, out_dir)
     if "latency_ms_mean" in table:
-        paths.append(_save(latency_bar_figure(table), out_dir / "latency_per_policy.png", plt))
+        paths.append(save_figure(latency_bar_figure(table), out_dir / "latency_per_policy.png"))
     records = job_records(client, table) if cdf else {}
     if records:
-        paths.append(_save(cdf_figure(records), out_dir / "latency_cdf.png", plt))
+        paths.append(save_figure(pooled_cdf_figure(records), out_dir / "latency_cdf.png"))
     made = parent.data.tags.get(JOBS_TAG)
     jobs, failed = job_counts(list(table["status"]), int(made) if made and made.isdigit() else None)
     return {"parent": parent, "table": table, "aggregates": aggregates, "paths": paths, "jobs": jobs,
             "jobs_failed": failed}
-
-
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def text_table(table: pd.DataFrame, columns: Sequence[str] | None = None) -> str:

@@ -28,11 +28,25 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         "bytes_sent_mean": float(np.mean([r["bytes_up"] for r in records])),
         "fallbacks": int(sum(bool(r.get("fallback")) for r in records)),
     }
+    metrics.update(_accounting(records))
     metrics.update(_accuracy(records))
     metrics.update(_prediction_error(records))
     for name, count in Counter(str(r["cut_name"]) for r in records).items():
         metrics[f"share_cut_{name}"] = count / len(records)
     return {k: v for k, v in metrics.items() if v is not None}
+
+
+def _accounting(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """How the latency splits: mean waits and probe delays, and the time no part measured
+    (``unaccounted_s``, summed over requests; ``unaccounted_share``: over the summed latency)."""
+    if not all("unaccounted_s" in r for r in records):
+        return {}
+    latency = float(np.nansum([r["latency_s"] for r in records]))
+    unaccounted = float(np.nansum([r["unaccounted_s"] for r in records]))
+    return {"wait_ms_mean": 1000 * float(np.mean([r["wait_s"] for r in records])),
+            "probe_ms_mean": 1000 * float(np.mean([r["probe_s"] for r in records])),
+            "unaccounted_s": unaccounted,
+            "unaccounted_share": unaccounted / latency if latency > 0 else None}
 
 
 def _accuracy(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,44 +34,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from splitcomp.redact import redact_text
+from splitcomp.track.tags import JOBS_TAG, OVERRIDES_TAG, PARENT_ENV, SWEEP_TAG
 
-PARENT_ENV = "SPLITCOMP_SWEEP_PARENT_RUN_ID"
-SWEEP_TAG = "splitcomp.sweep"
-OVERRIDES_TAG = "splitcomp.overrides"
-JOB_NUM_TAG = "splitcomp.job_num"
-JOBS_TAG = "splitcomp.jobs"
 RECORD_NAME = "mlflow_sweep.json"
 
 log = logging.getLogger("splitcomp")
-
-
-def sweep_parent_run_id() -> str | None:
-    """The id of the running sweep's parent run, or None outside a sweep."""
-    return os.environ.get(PARENT_ENV) or None
-
-
-def job_tags() -> dict[str, str]:
-    """Tags naming a Hydra job: its command-line overrides and, in a multirun, its job number."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return {}
-    hydra_cfg = HydraConfig.get()
-    tags = {OVERRIDES_TAG: redact_text(" ".join(hydra_cfg.overrides.task))}
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        tags[JOB_NUM_TAG] = str(hydra_cfg.job.num)
-        tags.update(worker_tags())
-    return tags
-
-
-def worker_tags() -> dict[str, str]:
-    """Where a job runs: host and process, and its Ray node when it runs as a Ray task."""
-    tags = {"splitcomp.host": socket.gethostname(), "splitcomp.pid": str(os.getpid())}
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        tags["splitcomp.ray_node"] = ray.get_runtime_context().get_node_id()
-    return tags
 
 
 def sweep_size(config: DictConfig) -> int | None:

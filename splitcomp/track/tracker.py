@@ -11,6 +11,7 @@ from typing import Any
 
 from splitcomp.errors import ConfigError, PeerError
 from splitcomp.redact import redact, redact_text
+from splitcomp.track.tags import job_tags, sweep_parent_run_id
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -170,7 +171,6 @@ def start_run_from_config(tracking_cfg: Mapping[str, Any], config: Mapping[str, 
     """``start_run`` with ``tracking.uri`` / ``tracking.experiment`` taken from the config group and
     the flattened full config logged as params. Inside a multirun the run becomes a child of the
     sweep's parent run, and it is tagged with the Hydra job's overrides (splitcomp.track.sweep)."""
-    from splitcomp.track.sweep import job_tags, sweep_parent_run_id
 
     if "experiment" not in tracking_cfg:
         raise ConfigError("tracking.experiment is missing; set it to the MLflow experiment name")

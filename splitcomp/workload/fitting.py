@@ -8,6 +8,7 @@ fitted head replaces the backbone's classifier layer, giving an ordinary uint8-i
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -22,6 +23,8 @@ from splitcomp.errors import ConfigError, ModelError
 from splitcomp.files import atomic_path
 from splitcomp.workload.evaluation import batches, channels_last, for_inference
 from splitcomp.workload.models import ImageClassifier, classifier_layer, replace_classifier
+
+log = logging.getLogger("splitcomp")
 
 CHECKPOINT_FORMAT = "splitcomp-head/1"
 
@@ -173,6 +176,26 @@ def _dataset_name(dataset: Any) -> str:
     return dataset.name
 
 
+def fit_missing_head(backbone: Any, dataset: Any, checkpoint: str | None = None,
+                     fit: Mapping[str, Any] | None = None) -> Path | None:
+    """Fit the head of :func:`fitted_model` and save it, if its checkpoint is missing (a one-time
+    step of minutes, with a progress bar); returns the checkpoint written, None when it existed."""
+    net = _instantiate(backbone)
+    if not isinstance(net, ImageClassifier):
+        raise ConfigError(f"model.backbone must build an ImageClassifier, got {type(net).__name__}")
+    image_size = int(dataset["image_size"] if isinstance(dataset, Mapping) else dataset.image_size)
+    path = Path(checkpoint) if checkpoint else default_checkpoint(net.name, _dataset_name(dataset), image_size)
+    if path.is_file():
+        return None
+    options = FitOptions.from_mapping(fit)
+    train_set = _instantiate(dataset, split="train", limit=options.limit)
+    log.info("fitting a head for %s on %d %s images -> %s (once: later runs load it)", net.name, len(train_set),
+             train_set.name, path)
+    fitted, summary = fit_head(net, train_set, options)
+    save_head(path, fitted, train_set, summary)
+    return path
+
+
 def fitted_model(backbone: Any, dataset: Any, checkpoint: str | None = None, fit_if_missing: bool = True,
                  fit: Mapping[str, Any] | None = None) -> ImageClassifier:
     """A pretrained backbone with a classifier head fitted on ``dataset``'s train split.
@@ -181,7 +204,9 @@ def fitted_model(backbone: Any, dataset: Any, checkpoint: str | None = None, fit
     used for fitting as it is; a config node is built with ``split=train``). The head is read
     from ``checkpoint`` (default :func:`default_checkpoint`); if that file is missing and
     ``fit_if_missing`` is set, it is fitted now (``fit`` = the train block, see :class:`FitOptions`)
-    and saved there, otherwise ModelError names the command that fits it."""
+    and saved there, otherwise ModelError names the command that fits it. The run's assembly
+    (:func:`splitcomp.build.build_workload`) fits a missing head as a step of its own first, so
+    instantiating the ``model`` config only loads."""
     net = _instantiate(backbone)
     if not isinstance(net, ImageClassifier):
         raise ConfigError(f"model.backbone must build an ImageClassifier, got {type(net).__name__}")
@@ -193,9 +218,5 @@ def fitted_model(backbone: Any, dataset: Any, checkpoint: str | None = None, fit
             where = f" model.checkpoint={path}" if checkpoint else ""
             raise ModelError(f"head checkpoint {path} does not exist; fit it with `splitcomp-train model=fitted "
                              f"dataset={name} dataset.image_size={image_size}{where}` or set model.fit_if_missing=true")
-        options = FitOptions.from_mapping(fit)
-        train_set = _instantiate(dataset, split="train", limit=options.limit)
-        print(f"fitting a head for {net.name} on {len(train_set)} {train_set.name} images -> {path}", flush=True)
-        fitted, summary = fit_head(net, train_set, options)
-        save_head(path, fitted, train_set, summary)
+        fit_missing_head(net, dataset, str(path), fit)
     return load_head(net, path, image_size)

@@ -1,36 +1,15 @@
-"""Fixtures of the policy tests: hand-made cut profiles and environments.
-
-Four candidates (rtt 10 ms, idle server): full offloading ("input") is fastest above ~40 Mbit/s,
-"mid" between ~5 and ~40 Mbit/s, device-only ("output", 80 ms) below ~4 Mbit/s.
-"""
+"""Fixtures of the policy tests: environments on the toy profiles (tests/fixtures/toy_profiles.py)."""
 
 from __future__ import annotations
 
 import pytest
+from toy_profiles import toy_candidates, toy_model
 
 from splitcomp.policy import DeviceOnly, EwmaEstimator
-from splitcomp.profile.latency import CutProfile, LatencyModel, Profiles
+from splitcomp.profile.latency import CutProfile, LatencyModel
 from splitcomp.scenario.arrivals import Periodic
 from splitcomp.scenario.trace import Trace
 from splitcomp.sim import RunEnv
-
-
-def toy_candidates() -> list[CutProfile]:
-    def cut(index, name, up, head, tail, **flags):
-        tails = {1: 0.0} if flags.get("is_device_only") else {1: tail, 8: 4 * tail}
-        down = 0 if flags.get("is_device_only") else 40
-        return CutProfile(index, name, up, down, {1: head}, tails, **flags)
-
-    return [
-        cut(0, "input", 150_000, 0.0, 0.010, is_full_offload=True),
-        cut(3, "mid", 20_000, 0.030, 0.006),
-        cut(6, "late", 4_000, 0.060, 0.002),
-        cut(9, "output", 0, 0.080, 0.0, is_device_only=True),
-    ]
-
-
-def toy_model(candidates: list[CutProfile] | None = None) -> LatencyModel:
-    return LatencyModel(Profiles({}, candidates or toy_candidates()), rtt_s=0.01)
 
 
 def constant_trace(rate_bps: float, duration: float = 100.0) -> Trace:

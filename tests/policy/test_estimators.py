@@ -72,6 +72,15 @@ def test_open_transfers_cap_the_estimate():
     assert flight.cap_bps(3.0) is None
 
 
+def test_an_abandoned_transfer_keeps_the_bound_it_had_until_one_completes():
+    flight = InFlight()
+    flight.abandon("a", 1e6, t_start=0.0, t_end=2.0)  # 8 Mbit not through in 2 s
+    assert flight.cap_bps(1.0) == pytest.approx(8e6)
+    assert flight.cap_bps(2.0) == flight.cap_bps(60.0) == pytest.approx(4e6)
+    flight.clear()
+    assert flight.cap_bps(61.0) is None
+
+
 @pytest.mark.parametrize("make", [
     lambda: EwmaEstimator(alpha=0.0),
     lambda: HarmonicEstimator(n=0),

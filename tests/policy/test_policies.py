@@ -92,7 +92,7 @@ def test_best_static_is_the_argmin_of_the_static_means(make_env):
     for cut in env.candidates:
         records = simulate_env(dataclasses.replace(env, policy=Static(cut.name)))
         means[cut.name] = np.mean([r["latency_s"] for r in records])
-    best = BestStatic()
+    best = BestStatic(simulate=simulate_env)
     best.prepare(env)
     assert env.candidates[best.index].name == min(means, key=means.get)
     assert best.means_s == pytest.approx(means)

@@ -4,14 +4,17 @@ import numpy as np
 import pytest
 
 from splitcomp.errors import ConfigError
+from splitcomp.link.frame_bytes import FrameBytes, wire_frame_bytes
 from splitcomp.profile.latency import (
-    FRAME_OVERHEAD_BYTES,
     CutProfile,
     LatencyModel,
     Profiles,
     ServerLoad,
 )
 from splitcomp.scenario.trace import Trace
+
+FRAMES = wire_frame_bytes()
+REQUEST_HEADER, ANSWER_HEADER = FRAMES.request, FRAMES.answer
 
 
 def hand_profiles() -> Profiles:
@@ -24,6 +27,13 @@ def hand_profiles() -> Profiles:
     return Profiles(key={"model": "hand"}, cuts=[full, mid, local])
 
 
+def test_frames_follow_the_wire_format():
+    """A header of a few hundred bytes; the answer's carries the server's report."""
+    assert 60 < REQUEST_HEADER < 400 and 200 < ANSWER_HEADER < 600 and 150 < FRAMES.probe_ack < 600
+    with_mac = wire_frame_bytes(secret=True)
+    assert with_mac.request == REQUEST_HEADER + 64 and with_mac.answer == ANSWER_HEADER + 64  # header and frame MACs
+
+
 def test_each_term_of_an_offloading_cut():
     profiles = hand_profiles()
     model = LatencyModel(profiles, rtt_s=0.020, overhead_s=0.003)
@@ -31,12 +41,12 @@ def test_each_term_of_an_offloading_cut():
     p = model.predict(mid, rate_up_bps=1e6, rate_down_bps=2e6)
     assert p.device_s == pytest.approx(0.005)
     assert p.encode_s == pytest.approx(0.0005)
-    assert p.uplink_s == pytest.approx((200 + FRAME_OVERHEAD_BYTES) * 8 / 1e6)
+    assert p.uplink_s == pytest.approx((200 + REQUEST_HEADER) * 8 / 1e6)
     assert p.rtt_s == pytest.approx(0.020)
     assert p.queue_s == 0.0
     assert p.server_s == pytest.approx(0.004)
     assert p.decode_s == pytest.approx(0.0007)
-    assert p.downlink_s == pytest.approx((40 + FRAME_OVERHEAD_BYTES) * 8 / 2e6)
+    assert p.downlink_s == pytest.approx((40 + ANSWER_HEADER) * 8 / 2e6)
     terms = sum(v for k, v in p.as_dict().items() if k != "total_s")
     assert p.total_s == pytest.approx(terms + 0.003)
 
@@ -45,7 +55,7 @@ def test_downlink_defaults_to_the_uplink_rate_and_rtt_to_twice_the_one_way_delay
     profiles = hand_profiles()
     model = LatencyModel(profiles, one_way_delay_s=0.015)
     p = model.predict(profiles.by_name("mid"), rate_up_bps=1e6)
-    assert p.downlink_s == pytest.approx((40 + FRAME_OVERHEAD_BYTES) * 8 / 1e6)
+    assert p.downlink_s == pytest.approx((40 + ANSWER_HEADER) * 8 / 1e6)
     assert p.rtt_s == pytest.approx(0.030)
     assert model.predict(profiles.by_name("mid"), 1e6, rtt_s=0.1).rtt_s == pytest.approx(0.1)
 
@@ -142,8 +152,10 @@ def test_predict_on_trace_across_an_outage_is_finite_and_larger():
     before = model.predict_on_trace(full, outage_trace(), t0=0.0, downlink=None, load=ServerLoad())
     during = model.predict_on_trace(full, outage_trace(), t0=1.5, downlink=None, load=ServerLoad())
     assert math.isfinite(during.total_s)
-    send_at = 1.5 + full.head_at(1) + full.encode_s  # the outage lasts until t = 3 s
-    assert during.uplink_s == pytest.approx(3.0 - send_at + (1000 + FRAME_OVERHEAD_BYTES) * 8 / 1e6)
+    # the frame enters the channel one one-way delay (half the RTT) after it is sent; the outage
+    # lasts until t = 3 s
+    enters = 1.5 + full.head_at(1) + full.encode_s + 0.01
+    assert during.uplink_s == pytest.approx(3.0 - enters + (1000 + REQUEST_HEADER) * 8 / 1e6)
     assert during.total_s > before.total_s + 1.0
 
 
@@ -166,6 +178,9 @@ def test_predict_all_covers_every_cut_in_order():
     assert min(totals) == totals[2]
 
 
+FRAME_OVERHEAD_BYTES = 200  # a frame's bytes around its payload, in both directions
+
+
 def batched_profiles() -> Profiles:
     """Heads profiled at two batch sizes, as the paper's batch semantics need."""
     full = CutProfile(0, "input", bytes_up=1000, bytes_down=40, head_s={1: 0.0, 4: 0.0}, tail_s={1: 0.010, 4: 0.022},
@@ -179,7 +194,8 @@ def batched_profiles() -> Profiles:
 
 def test_a_batch_of_images_scales_device_link_and_server():
     profiles = batched_profiles()
-    model = LatencyModel(profiles)
+    model = LatencyModel(profiles, frames=FrameBytes(request=FRAME_OVERHEAD_BYTES, answer=FRAME_OVERHEAD_BYTES,
+                                                     probe=0, probe_ack=0))
     mid = profiles.by_name("mid")
     p = model.predict(mid, rate_up_bps=1e6, batch=4)
     assert p.device_s == pytest.approx(0.014)  # the head profiled at batch 4

@@ -8,6 +8,7 @@ from torch import nn
 
 from splitcomp.errors import ConfigError
 from splitcomp.link.codecs import Float16Codec, RawCodec
+from splitcomp.link.frame_bytes import FrameBytes
 from splitcomp.profile.latency import LatencyModel
 from splitcomp.profile.segments import (
     SegmentProfile,
@@ -104,7 +105,7 @@ def test_cut_profiles_share_the_computation_and_differ_only_in_codec_bytes():
     assert [c.bytes_up for c in raw.cuts[1:4]] == [512, 256, 128]
     assert [c.bytes_up for c in half.cuts[1:4]] == [256, 128, 64]
     # the paper's batch semantics straight from the segment profile: 4 images, 1 MB/s
-    p = LatencyModel(raw, frame_overhead_bytes=0).predict(raw.cuts[2], 8e6, batch=4)
+    p = LatencyModel(raw, frames=FrameBytes(request=0, answer=0, probe=0, probe_ack=0)).predict(raw.cuts[2], 8e6, batch=4)
     assert p.device_s == pytest.approx(120.0) and p.server_s == pytest.approx(16.0)
     assert p.uplink_s == pytest.approx(4 * 256 / 1e6)
 

@@ -14,7 +14,7 @@ import zstandard
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from splitcomp.errors import PeerError
+from splitcomp.build import build_workload
 from splitcomp.link.auth import new_nonce
 from splitcomp.link.codecs import (
     EncodedTensor,
@@ -42,7 +42,6 @@ from splitcomp.runtime.socket_runtime import SocketParts, SocketRuntime
 from splitcomp.scenario import constant
 from splitcomp.scenario.arrivals import ClosedLoop
 from splitcomp.sim import RunEnv
-from splitcomp.tasks.build import build_workload
 from splitcomp.tasks.common import CONF_DIR
 
 # --- fuzzing a live server ---------------------------------------------------------------------
@@ -245,7 +244,7 @@ def served_config(tmp_path_factory):
     return cfg, path
 
 
-def _socket_run(cfg, port, n_requests, on_request=None):
+def _socket_run(cfg, port, n_requests, on_request=None, runtime=None):
     work = build_workload(cfg)
     profiles = get_profiles(work.model, work.plan, work.example_input, work.codec, cfg.device, cfg.server,
                             cfg.profile, progress=False)
@@ -264,15 +263,11 @@ def _socket_run(cfg, port, n_requests, on_request=None):
         return client
 
     images = [(work.example_input[0] + i % 7, i % 3) for i in range(n_requests)]
-
-    def samples():
-        for i, sample in enumerate(images):
-            if on_request:
-                on_request(i)
-            yield sample
-
-    parts = SocketParts(Device(work.model, work.plan), samples(), work.codec, link, connect, clock)
-    return SocketRuntime(backoff_s=0.05, max_backoff_s=0.2, progress=False).run(env, parts)
+    parts = SocketParts(Device(work.model, work.plan), images, work.codec, link, connect, clock)
+    runtime = runtime or SocketRuntime(backoff_s=0.05, max_backoff_s=0.2, progress=False)
+    if on_request:  # called before request i, once request i - 1 is done
+        runtime.observer = lambda record: on_request(record.request + 1)
+    return runtime.run(env, parts)
 
 
 def test_killing_the_server_mid_run_loses_no_request(served_config, tmp_path):
@@ -312,6 +307,23 @@ def test_the_device_reconnects_when_the_server_comes_back(served_config, tmp_pat
     assert all(r["prediction"] == r["reference"] for r in records)
 
 
+def test_a_server_killed_before_the_next_policy_starts_does_not_end_the_run(served_config, tmp_path):
+    """The next policy of an experiment runs on the device while the server is gone; the records
+    already measured stay as they were."""
+    cfg, path = served_config
+    server = ServerProcess(path, tmp_path / "server").start()
+    runtime = SocketRuntime(backoff_s=0.05, max_backoff_s=0.2, progress=False)
+    try:
+        first = _socket_run(cfg, server.port, 6, runtime=runtime)
+        server.kill()
+        second = _socket_run(cfg, server.port, 6, runtime=runtime)
+    finally:
+        server.stop()
+    assert len(first) == 6 and not any(r["fallback"] for r in first)
+    assert len(second) == 6 and all(r["fallback"] and r["bytes_down"] == 0 for r in second)
+    assert all(r["prediction"] == r["reference"] for r in first + second)
+
+
 def test_a_server_that_lies_makes_requests_fall_back_and_the_run_goes_on(served_config, fake_server):
     cfg, _ = served_config
     answers = iter(range(1000))
@@ -331,7 +343,7 @@ def test_a_server_that_lies_makes_requests_fall_back_and_the_run_goes_on(served_
     assert all(r["prediction"] == r["reference"] for r in records)
 
 
-def test_an_unreachable_server_at_the_start_is_an_error(served_config, free_port):
+def test_an_unreachable_server_at_the_start_runs_on_the_device(served_config, free_port):
     cfg, _ = served_config
-    with pytest.raises(PeerError, match="edge server at"):
-        _socket_run(cfg, free_port, 2)
+    records = _socket_run(cfg, free_port, 3)
+    assert len(records) == 3 and all(r["fallback"] for r in records)

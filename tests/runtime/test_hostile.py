@@ -271,8 +271,9 @@ def test_an_idle_connection_is_closed_and_the_device_reconnects_quietly(tiny, li
         frame = client.request_frame(1, 1, values, RawCodec())  # encoded before the server closes
         time.sleep(1.0)
         reply = client.exchange(frame)
-        assert torch.equal(reply.logits, model(example)) and reply.report["request"] == 1
-        client.probe(100)
+        assert torch.equal(reply.logits, model(example)) and reply.request == 1
+        client.send(client.probe_frame(100))
+        assert client.receive_probe_ack().queue_len == 0
     assert client.reconnections == 1 and server.rejected_frames == 0
 
 

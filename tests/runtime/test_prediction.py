@@ -6,7 +6,7 @@ import statistics
 import pytest
 from omegaconf import OmegaConf
 
-from splitcomp.runtime.bench import socket_bench
+from splitcomp.build import socket_bench
 
 RATE_BPS = 20e6
 MEASURED = ("device_s", "encode_s", "uplink_s", "queue_s", "server_s", "decode_s", "downlink_s", "latency_s")

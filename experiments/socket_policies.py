@@ -1,97 +1,18 @@
-"""Real-socket benchmark runs: one edge-server process per scenario, several policies on it.
-
-:func:`socket_bench` composes a config (the same groups as ``splitcomp-run``), profiles and builds
-the scenario, launches the server process, and gives a :class:`SocketBench` whose
-:meth:`SocketBench.run` serves one policy and returns its records, without MLflow. Every run
-starts its scenario clock at 0, so all policies see the same part of the channel trace and
-the server load. :func:`run_policies` is the socket part of ``experiments/bench_policies.py``.
-"""
+"""Real-socket runs of every policy on windows of real traces, with and without server load: the
+socket part of ``bench_policies.py`` (``--socket``). One edge-server process per window and load,
+built by :func:`splitcomp.build.socket_bench`."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
-from splitcomp.experiment import Scenario, build_scenario, make_env, policy_config
-from splitcomp.link.shaping import ScenarioClock
-from splitcomp.profile.timing import pin_to_cores
-from splitcomp.runtime.session import SocketSession, launch_server, open_socket_session
-from splitcomp.tasks.common import CONF_DIR
-
-ROOT = Path(CONF_DIR).parent
-TRACES_DIR = ROOT / ".." / "shared" / "traces"
-
-
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """The resolved run config for ``overrides`` (as given to ``splitcomp-run``)."""
-    os.environ.setdefault("SPLITCOMP_TRACES", str(TRACES_DIR.resolve()))
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    OmegaConf.resolve(cfg)
-    return cfg
-
-
-@dataclass
-class SocketBench:
-    """A live server process and the scenario built for it."""
-
-    cfg: DictConfig
-    scenario: Scenario
-    session: SocketSession
-    runtime: Any
-
-    def run(self, policy: str | DictConfig, estimator: str | None = None) -> list[dict[str, Any]]:
-        """Records of one policy (a conf/policy name or a policy config) on this scenario;
-        ``estimator`` names a conf/estimator option to use instead of the config's."""
-        cfg = self.cfg
-        if estimator is not None:
-            cfg = cfg.copy()
-            cfg.estimator = OmegaConf.load(Path(CONF_DIR) / "estimator" / f"{estimator}.yaml")
-        policy_cfg = policy_config(policy) if isinstance(policy, str) else policy
-        # A fresh clock per run: scenario time starts at 0 for every policy (the session only
-        # moves the clock's origin, which the server sees but the device's own clock does not).
-        self.session.clock = ScenarioClock()
-        return self.runtime.run(make_env(cfg, self.scenario, policy_cfg))
-
-
-@contextlib.contextmanager
-def socket_bench(overrides: Sequence[str], out_dir: Path | None = None) -> Iterator[SocketBench]:
-    """Compose ``overrides``, profile, launch the server process and yield a :class:`SocketBench`.
-    The server and the link are torn down on exit. Relative paths in the config (checkpoints,
-    profile cache, traces) are taken from the repository root."""
-    cfg = compose_config(["runtime=socket", "runtime.progress=false", *overrides])
-    with ExitStack() as stack:
-        stack.enter_context(contextlib.chdir(ROOT))
-        if out_dir is None:
-            (ROOT / "outputs" / "bench").mkdir(parents=True, exist_ok=True)
-            out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=ROOT / "outputs" / "bench")))
-        torch.set_num_threads(int(cfg.device.threads))  # this process is the end device
-        pin_to_cores(cfg.device.get("pin_cores"))
-        link = instantiate(cfg.link)
-        clock = ScenarioClock()
-        scenario = build_scenario(cfg, link)  # profiles first: the server's start-up would slow them
-        server = launch_server(cfg, link, clock, stack, Path(out_dir))
-        session = open_socket_session(cfg, scenario, server, clock)
-        runtime = instantiate(cfg.runtime)
-        runtime.attach(session)
-        yield SocketBench(cfg, scenario, session, runtime)
-
-
-# --- policies on windows of real traces (the socket part of bench_policies) ------------------------
+from splitcomp.build import socket_bench
+from splitcomp.records import RequestRecord
 
 POLICIES = ("oracle", "dynamic", "best_static", "device_only", "server_only")
 
@@ -106,7 +27,7 @@ LOADS = {
 }
 
 
-def latency_stats(records: list[dict[str, Any]]) -> dict[str, float]:
+def latency_stats(records: list[RequestRecord]) -> dict[str, float]:
     latency = np.array([r["latency_s"] for r in records], dtype=float)
     return {"mean_s": float(latency.mean()), "p95_s": float(np.percentile(latency, 95)),
             "requests": len(records), "fallbacks": int(sum(bool(r["fallback"]) for r in records)),

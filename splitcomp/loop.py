@@ -1,0 +1,371 @@
+"""The one request loop: the simulator and the real runtime run every request through it.
+
+The loop owns everything a run decides; a :class:`Backend` only *serves*: one request at the cut
+the loop chose (``serve``), or one rate probe (``probe``), and says what happened in typed
+results (:class:`Served`, :class:`ProbeResult`). :mod:`splitcomp.sim` serves from the latency
+model on the true trace and load; :mod:`splitcomp.runtime.socket_runtime` with real tensors over
+the real link. Both therefore share these semantics:
+
+**Arrivals and overload.** Request 0 is due at scenario time 0, request ``i + 1`` at
+``arrivals.next_start(due_i, done_i, rng)``. One device serves one request at a time, in arrival
+order: a request due at ``t_due`` starts at ``max(t_due, end of the previous one)`` (later still if
+a probe holds it back), and its latency runs from ``t_due`` to the moment its answer is usable on
+the device. The parts of that latency are the fields of :class:`~splitcomp.records.RequestRecord`.
+
+**Decisions.** At the start of a request the loop builds a :class:`DecisionContext`: the rate
+estimate, capped by the transfers the device abandoned since the last one that completed (see
+:class:`~splitcomp.policy.estimators.InFlight`: b bytes not through after s seconds bound the rate
+by 8b/s), an RTT estimate measured by probes, the last :class:`~splitcomp.records.ServerReport`
+and, for hindsight policies, the true traces and load (:class:`~splitcomp.profile.queueing.TrueLoad`,
+the same on both runtimes). The policy chooses the cut unless the backend knows the server to be
+unreachable (a failed connection, during its back-off): then the request runs on the device and
+is recorded as a fallback. ``policy.observe(record)`` follows every request.
+
+**Fallbacks.** An upload or an answer that takes longer than the run's ``timeout_s`` (the link's
+``max_transfer_s``), a lost connection or any :class:`~splitcomp.errors.PeerError` during an
+exchange is a failed exchange: the device finishes the model itself, and every second spent
+before is inside the request's latency. A server that refuses the device's model in the
+handshake (:class:`~splitcomp.runtime.client.HandshakeError`) ends the run instead.
+
+**Probes.** Only policies that read the rate estimate (``Policy.needs_rate_estimate``) probe.
+When the estimate will be stale at the next request's due time (``estimator.needs_probe``),
+the device sends ``estimator.probe_bytes`` of filler and the server acknowledges it with its
+report; at most one probe per ``estimator.max_age_s``. A probe starts as late as it can while
+still ending by the due time if it succeeds within its deadline (``probe_timeout_s`` before the
+due time, or when the device becomes free if that is later), so it costs a request nothing
+unless it runs past the due time: that overrun is the request's ``probe_s``. A probe that has not
+been answered within ``probe_timeout_s`` (default: the model's device-only time, beyond which
+no offloading can pay) is abandoned. An abandoned upload (probe or request) feeds the estimator
+the bytes the link carried before the deadline, and bounds the estimate by its bytes over the
+time it had until an upload completes. A completed probe upload feeds the estimator (its bytes over the shaped transfer time,
+one-way delay taken off, as for requests); its answer updates the server report and the RTT
+estimate (round trip less the shaped upload).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from splitcomp.errors import ConfigError
+from splitcomp.policy.base import DecisionContext, Policy, device_only_index
+from splitcomp.policy.estimators import InFlight, RateEstimator, capped
+from splitcomp.profile.latency import CutProfile, LatencyBreakdown, LatencyModel
+from splitcomp.profile.queueing import TrueLoad
+from splitcomp.records import PART_FIELDS, RequestRecord, ServerLoad, ServerReport
+from splitcomp.scenario.arrivals import Arrivals
+from splitcomp.scenario.trace import Trace
+
+RTT_WEIGHT = 0.5  # EWMA weight of the newest RTT sample
+
+
+@dataclass
+class RunEnv:
+    """Everything one run needs, built by the run task; both runtimes take it.
+
+    ``rtt_s``: the true round-trip time (the link's; None: the uplink trace's, else the latency
+    model's). ``timeout_s``: an upload or answer taking longer is abandoned and the request falls
+    back to the device. ``probe_timeout_s``: a probe's deadline (None: the device-only time).
+    ``probes``: whether policies that read the rate estimate may probe. ``sim_options``: the
+    simulator's ``noise`` and ``client_share`` (the latter also shapes the oracle's view of
+    background clients on the real runtime), so that hindsight policies simulating the scenario
+    in ``prepare`` see the same simulator."""
+
+    candidates: list[CutProfile]
+    latency_model: LatencyModel
+    policy: Policy
+    estimator: RateEstimator
+    arrivals: Arrivals
+    uplink: Trace
+    downlink: Trace | None = None
+    load_model: Any = None
+    n_requests: int = 100
+    seed: int = 0
+    rtt_s: float | None = None
+    timeout_s: float = 1.0
+    probe_timeout_s: float | None = None
+    probes: bool = True
+    sim_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse an environment no run can use, in one sentence."""
+        if not self.candidates:
+            raise ConfigError("no candidate cuts to run; check the split plan and profiles.")
+        if self.n_requests < 1:
+            raise ConfigError(f"n_requests must be at least 1, got {self.n_requests}; set requests or runtime.n_requests.")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"timeout_s must be positive, got {self.timeout_s}; set link.max_transfer_s > 0.")
+        if self.probe_timeout_s is not None and not self.probe_timeout_s > 0:
+            raise ConfigError(f"probe_timeout_s must be positive, got {self.probe_timeout_s}.")
+
+    def true_load(self) -> TrueLoad:
+        return TrueLoad(self.load_model, self.candidates, float(self.sim_options.get("client_share", 0.5)))
+
+    def probe_deadline_s(self) -> float:
+        if self.probe_timeout_s is not None:
+            return float(self.probe_timeout_s)
+        return min(self.timeout_s, max(0.05, self.candidates[device_only_index(self.candidates)].head_at(1)))
+
+
+# --- what a backend reports ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Transfer:
+    """One upload: its frame bytes, when it started, and either the shaped time it took (one-way
+    delay taken off) or, abandoned at its deadline, the shaped time it had and the bytes the link
+    carried in it."""
+
+    nbytes: int
+    seconds: float
+    t_start: float
+    completed: bool = True
+    carried_bytes: float | None = None  # abandoned: bytes through before the deadline
+
+    @classmethod
+    def abandoned(cls, nbytes: int, seconds: float, t_start: float, carried_bytes: float) -> Transfer:
+        return cls(nbytes, seconds, t_start, completed=False, carried_bytes=carried_bytes)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the loop asks a backend to serve: request ``index`` at ``cut``; an upload or answer
+    that takes longer than ``deadline_s`` is abandoned and the request finished on the device."""
+
+    index: int
+    cut: CutProfile
+    deadline_s: float
+
+
+@dataclass
+class Served:
+    """What serving one request took (seconds; the parts as in ``RequestRecord``) and brought."""
+
+    t_done: float  # scenario time at which the answer was usable on the device
+    device_s: float = 0.0
+    connect_s: float = 0.0
+    encode_s: float = 0.0
+    uplink_s: float = 0.0
+    decode_s: float = 0.0
+    queue_s: float = 0.0
+    server_s: float = 0.0
+    overhead_s: float = 0.0
+    downlink_s: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    failed: bool = False  # the exchange failed; the device finished the request
+    report: ServerReport | None = None
+    upload: Transfer | None = None
+    prediction: int | None = None
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    t_done: float
+    upload: Transfer
+    report: ServerReport | None = None  # None: no answer within the deadline
+    rtt_s: float | None = None
+
+
+class Backend(Protocol):
+    """Serves requests and probes on a clock; see the module docstring for the semantics."""
+
+    def start(self) -> None:
+        """Scenario time 0 is now (called once the policy is prepared, right before request 0)."""
+
+    def now(self) -> float:
+        """Scenario time now."""
+
+    def wait_until(self, t: float) -> None:
+        """Let scenario time reach ``t`` (at once when it already has)."""
+
+    def has_input(self) -> bool:
+        """True when there is another request to serve (a real device may run out of inputs)."""
+
+    def reachable(self) -> bool:
+        """False while the server is known to be unreachable (a back-off after a failed connection)."""
+
+    def probe(self, nbytes: int, deadline_s: float) -> ProbeResult:
+        """Send ``nbytes`` of filler and wait for the answer, at most ``deadline_s``."""
+
+    def serve(self, job: Job) -> Served:
+        """Serve one request now; a failed exchange is finished on the device."""
+
+
+@dataclass
+class RunStats:
+    probes: int = 0
+    failed_probes: int = 0
+    fallbacks: int = 0
+
+
+@dataclass
+class _Probe:
+    t_start: float
+    t_done: float
+
+
+class RequestLoop:
+    """One run of ``env`` on ``backend``; ``records`` grows as requests finish (readable after an
+    interruption). ``initial_report`` is what the device knows of the server before the run."""
+
+    def __init__(self, env: RunEnv, backend: Backend, initial_report: ServerReport | None = None) -> None:
+        env.check()
+        self.env, self.backend = env, backend
+        self.candidates = env.candidates
+        self.device_only = device_only_index(env.candidates)
+        self.true_load = env.true_load()
+        self.load = initial_report.as_load() if initial_report is not None else ServerLoad()
+        self.in_flight = InFlight()
+        self._abandoned = itertools.count()
+        self.rtt_estimate_s: float | None = None
+        self.last_probe_t = -math.inf
+        self.probe_deadline_s = env.probe_deadline_s()
+        self.probing = env.probes and env.policy.needs_rate_estimate
+        self.records: list[RequestRecord] = []
+        self.stats = RunStats()
+        self.on_record: Callable[[RequestRecord], None] | None = None  # e.g. a progress bar
+        self.next_due = 0.0
+        self._prev_done = 0.0
+        self._arrival_rng = np.random.default_rng([env.seed, 1])
+
+    def run(self) -> list[RequestRecord]:
+        """Serve every request of the run; the records."""
+        self.begin()
+        while self.step():
+            pass
+        return self.records
+
+    def begin(self) -> None:
+        """Prepare the policy and estimator and start the backend's clock (request 0 is due at 0)."""
+        env = self.env
+        env.policy.prepare(env)
+        env.estimator.reset()
+        env.estimator.bind(env.uplink)
+        self._arrival_rng = np.random.default_rng([env.seed, 1])
+        self.backend.start()
+        self.next_due, self._prev_done = 0.0, 0.0
+
+    def step(self) -> bool:
+        """Serve the next request (due at ``next_due``); False when the run is over. Several loops
+        stepped in order of ``next_due`` interleave devices in scenario time."""
+        i = len(self.records)
+        if i >= self.env.n_requests or not self.backend.has_input():
+            return False
+        t_due = self.next_due
+        probe = self._maybe_probe(t_due)
+        self.backend.wait_until(t_due)
+        record = self._request(i, t_due, self._prev_done, probe)
+        self.records.append(record)
+        self.env.policy.observe(record)
+        if self.on_record is not None:
+            self.on_record(record)
+        self._prev_done = t_due + record.latency_s
+        self.next_due = self.env.arrivals.next_start(t_due, self._prev_done, self._arrival_rng)
+        return True
+
+    # --- probing -----------------------------------------------------------------------------------
+    def _maybe_probe(self, t_due: float) -> _Probe | None:
+        estimator, backend = self.env.estimator, self.backend
+        if not self.probing or not estimator.needs_probe(t_due):
+            return None
+        now = backend.now()
+        if now - self.last_probe_t < estimator.max_age_s or not backend.reachable():
+            return None
+        t_probe = max(now, t_due - self.probe_deadline_s)
+        backend.wait_until(t_probe)
+        self.last_probe_t = t_probe
+        result = backend.probe(estimator.probe_bytes, self.probe_deadline_s)
+        self.stats.probes += 1
+        self._learn(result.upload, result.report, result.t_done)
+        if result.report is None:
+            self.stats.failed_probes += 1
+        elif result.rtt_s is not None:
+            old = self.rtt_estimate_s
+            self.rtt_estimate_s = result.rtt_s if old is None else RTT_WEIGHT * result.rtt_s + (1 - RTT_WEIGHT) * old
+        return _Probe(t_probe, result.t_done)
+
+    def _learn(self, upload: Transfer | None, report: ServerReport | None, t_known: float) -> None:
+        """What an exchange taught the device: a completed upload measures the rate and clears
+        the abandoned ones; an abandoned one measures what the link carried before its deadline
+        and caps the rate until a transfer completes; an answer brings a report."""
+        if upload is not None:
+            if upload.completed:
+                self.in_flight.clear()
+                self.env.estimator.update(upload.nbytes, upload.seconds, t_known)
+            elif upload.seconds > 0:
+                self.env.estimator.update(upload.carried_bytes or 0.0, upload.seconds, t_known)
+                self.in_flight.abandon(next(self._abandoned), upload.nbytes, upload.t_start,
+                                       upload.t_start + upload.seconds)
+        if report is not None:
+            self.load = report.as_load()
+
+    # --- one request -------------------------------------------------------------------------------
+    def context(self, t: float) -> DecisionContext:
+        estimator = self.env.estimator
+        return DecisionContext(
+            t=t, candidates=self.candidates, latency_model=self.env.latency_model,
+            rate_estimate_bps=capped(estimator.estimate(t), self.in_flight.cap_bps(t)),
+            rate_estimate_age_s=estimator.age(t), rtt_estimate_s=self.rtt_estimate_s, load=self.load,
+            uplink=self.env.uplink, downlink=self.env.downlink, true_load=self.true_load.at(t),
+            true_rtt_s=self.env.rtt_s,
+        )
+
+    def _request(self, i: int, t_due: float, prev_done: float, probe: _Probe | None) -> RequestRecord:
+        t_start = self.backend.now()
+        ctx = self.context(t_start)
+        reachable = self.backend.reachable()
+        choice = self.env.policy.choose(ctx) if reachable else self.device_only
+        cut = self.candidates[choice]
+        predicted = self.env.latency_model.predict(cut, ctx.rate_estimate_bps, load=ctx.load,
+                                                   rtt_s=ctx.rtt_estimate_s)
+        served = self.backend.serve(Job(i, cut, self.env.timeout_s))
+        self._learn(served.upload, served.report, served.t_done)
+        fallback = served.failed or not reachable
+        self.stats.fallbacks += fallback
+        latency = served.t_done - t_due
+        wait = min(max(0.0, prev_done - t_due), t_start - t_due)
+        held_from = max(t_due, prev_done, probe.t_start) if probe else t_start
+        probe_s = max(0.0, min(probe.t_done, t_start) - held_from) if probe else 0.0
+        record = RequestRecord(
+            request=i, t_due=t_due, t_start=t_start, cut=cut.index, cut_name=cut.name, latency_s=latency,
+            fallback=fallback, wait_s=wait, probe_s=probe_s, connect_s=served.connect_s, device_s=served.device_s,
+            encode_s=served.encode_s, uplink_s=served.uplink_s, decode_s=served.decode_s, queue_s=served.queue_s,
+            server_s=served.server_s, overhead_s=served.overhead_s, downlink_s=served.downlink_s,
+            bytes_up=served.bytes_up, bytes_down=served.bytes_down,
+            rate_trace_bps=self.env.uplink.rate_at(t_start),
+            rate_estimate_bps=math.nan if ctx.rate_estimate_bps is None else ctx.rate_estimate_bps,
+            server_load=_server_load(served.report), prediction=served.prediction, label=served.label,
+            **_predicted_fields(predicted),
+        )
+        record.unaccounted_s = latency - sum(getattr(record, name) for name in PART_FIELDS)
+        return record
+
+
+def _server_load(report: ServerReport | None) -> float:
+    if report is None:
+        return math.nan
+    return float(report.batch_size if report.batch_size > 1 else report.queue_len)
+
+
+def _predicted_fields(predicted: LatencyBreakdown) -> dict[str, float]:
+    total = predicted.total_s
+    fields = {f"predicted_{k}": v for k, v in predicted.as_dict().items() if k != "total_s"}
+    fields["predicted_latency_s"] = total if math.isfinite(total) else math.nan
+    return fields
+
+
+def run_requests(env: RunEnv, backend: Backend, initial_report: ServerReport | None = None,
+                 stats: dict | None = None) -> list[RequestRecord]:
+    """Run ``env`` on ``backend``: one :class:`RequestRecord` per request. ``stats``, when given,
+    receives the counts of ``probes``, ``failed_probes`` and ``fallbacks``."""
+    loop = RequestLoop(env, backend, initial_report)
+    records = loop.run()
+    if stats is not None:
+        stats.update(vars(loop.stats))
+    return records
