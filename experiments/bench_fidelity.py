@@ -31,14 +31,16 @@ machine moves it).
 
 Calibration: the profiler times heads and tails back to back, while the runtime runs one request
 at a time after an idle gap, which on a shared virtual machine takes 1.2 to 1.9 times as long
-(caches and the core's state; measured here). So before each scenario's runs, 12 device-only
-and 12 full-offloading requests (not reported) measure the two ratios of real to profiled
-compute, request by request, from their device and server times only; the simulator draws each
-request's head and tail factor from them instead of from the profiles' spread
-(``SimBackend(device_factors, server_factors)``; the policies still see the profiles). The mean
-ratios are printed per scenario. Nothing else is fitted: no window's network
-figures feed the simulator, and ``CALIBRATION_WINDOWS`` (windows used to choose a parameter) is
-empty.
+(caches and the core's state; measured here), and device and server share this machine's two
+cores, so a loaded server slows the device too. So before each scenario's runs, 24 device-only
+and 24 full-offloading requests (not reported) measure the two ratios of real to profiled
+compute, request by request, from their device and server times only, grouped by the server
+load's level at their start; the simulator takes each request's head and tail factor as the
+median ratio at the load's level then, instead of drawing it from the profiles' spread
+(``SimBackend(device_factors, server_factors)``, see ``median_at``; the policies still see the
+profiles). The median ratios are printed per scenario, and every ratio is in the JSON. Nothing
+else is fitted: no window's network figures feed the simulator, and ``CALIBRATION_WINDOWS``
+(windows used to choose a parameter) is empty.
 
     python experiments/bench_fidelity.py --quick --json outputs/bench/fidelity.json
 """
@@ -51,11 +53,13 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from splitcomp.records import PART_FIELDS
 from splitcomp.runtime.bench import ROOT, socket_bench
 
 POLICIES = ("dynamic", "device_only", "server_only", "best_static", "oracle")
@@ -75,7 +79,7 @@ WORKLOAD = ["model=lite0", "dataset=fashion_mnist", "dataset.image_size=128", "d
             "link=shaped", "link.delay_s=0.01", "link.max_transfer_s=1.0", "arrivals=periodic",
             "estimator=ewma", "profile.batch_sizes=[1,4]"]
 TIE = 0.02
-CALIBRATION_REQUESTS = 12
+CALIBRATION_REQUESTS = 24
 
 
 def rel_error(sim: float, real: float) -> float:
@@ -88,7 +92,8 @@ def latency_figures(records: list) -> dict[str, float]:
             "fallbacks": int(sum(bool(r["fallback"]) for r in records)),
             "latency_total_s": float(latency.sum()),
             "unaccounted_s": float(sum(r["unaccounted_s"] for r in records)),
-            "cuts": sorted({str(r["cut_name"]) for r in records})}
+            "cuts": dict(Counter(str(r["cut_name"]) for r in records)),
+            "parts_mean_s": {name: float(np.mean([r[name] for r in records])) for name in PART_FIELDS}}
 
 
 def run_scenario(channel: str, start: float, load: str, requests: int, interval: float) -> dict[str, Any]:
@@ -102,11 +107,13 @@ def run_scenario(channel: str, start: float, load: str, requests: int, interval:
         row["mean_rate_mbps"] = float(np.mean([bench.scenario.uplink.rate_at(t)
                                                for t in np.arange(0, requests * interval, 0.05)]) / 1e6)
         factors = calibrate(bench)
-        row["calibration"] = {side: float(np.mean(values)) for side, values in factors.items()}
+        row["calibration"] = {side: {str(level): values for level, values in by_level.items()}
+                              for side, by_level in factors.items()}
+        load = bench.scenario.load_model
+        device, server = median_at(load, factors["device"]), median_at(load, factors["server"])
         for name in POLICIES:
             real = latency_figures(bench.run(name))
-            sim = latency_figures(bench.simulate(name, device_factors=factors["device"],
-                                                 server_factors=factors["server"]))
+            sim = latency_figures(bench.simulate(name, device_factors=device, server_factors=server))
             row["policies"][name] = {
                 "real": real, "sim": sim,
                 "mean_error": rel_error(sim["mean_s"], real["mean_s"]),
@@ -116,19 +123,41 @@ def run_scenario(channel: str, start: float, load: str, requests: int, interval:
     return row
 
 
-def calibrate(bench: Any) -> dict[str, list[float]]:
-    """How much longer the head and the tail take as the runtime runs them than the profile says:
-    the ratios, request by request, of ``CALIBRATION_REQUESTS`` requests of device_only (device:
-    the whole model) and of server_only (server: the tail of full offloading, at the load's
-    batch). These runs are not reported; only their compute times are read."""
+def calibrate(bench: Any) -> dict[str, dict[tuple, list[float]]]:
+    """How much longer the head and the tail take as the runtime runs them than the profile says,
+    per level of the server load: the ratios, request by request, of ``CALIBRATION_REQUESTS``
+    requests of device_only (device: the whole model) and of server_only (server: the tail of full
+    offloading, at the load's batch), grouped by the load's level at their start (device and
+    server share this machine's cores, so background clients slow the device too). These runs
+    are not reported; only their compute times are read."""
     cuts = bench.scenario.profiles.cuts
     local = next(c for c in cuts if c.is_device_only)
     full = next((c for c in cuts if c.is_full_offload), cuts[0])
     load = bench.scenario.load_model
-    device = [r["device_s"] / local.head_at(1) for r in bench.run("device_only", requests=CALIBRATION_REQUESTS)]
-    server = [r["server_s"] / full.tail_at(load.batch_at(r["t_start"])) / load.slowdown_at(r["t_start"])
-              for r in bench.run("server_only", requests=CALIBRATION_REQUESTS) if not r["fallback"]]
-    return {"device": device, "server": server or [1.0]}
+    factors: dict[str, dict[tuple, list[float]]] = {"device": {}, "server": {}}
+    for r in bench.run("device_only", requests=CALIBRATION_REQUESTS):
+        factors["device"].setdefault(load_level(load, r["t_start"]), []).append(r["device_s"] / local.head_at(1))
+    for r in bench.run("server_only", requests=CALIBRATION_REQUESTS):
+        if not r["fallback"]:
+            t = r["t_start"]
+            ratio = r["server_s"] / full.tail_at(load.batch_at(t)) / load.slowdown_at(t)
+            factors["server"].setdefault(load_level(load, t), []).append(ratio)
+    return factors
+
+
+def load_level(load: Any, t: float) -> tuple:
+    return (load.batch_at(t), load.slowdown_at(t), load.clients_at(t))
+
+
+def median_at(load: Any, by_level: dict[tuple, list[float]]) -> Any:
+    """The simulator's factor at scenario time t: the median ratio measured at the load's level
+    then (all levels pooled where none was measured at it). A median, not a draw from the ratios:
+    a dozen requests cannot tell how often the machine stalls a request, and one stall among
+    them, drawn for one request in twelve, built backlogs the real runs never had."""
+    pooled = [f for values in by_level.values() for f in values] or [1.0]
+    medians = {level: [float(np.median(values))] for level, values in by_level.items()}
+    fallback = [float(np.median(pooled))]
+    return lambda t: medians.get(load_level(load, t), fallback)
 
 
 def order(a: float, b: float) -> int:
@@ -174,7 +203,8 @@ def print_row(row: dict[str, Any]) -> None:
     cells = " ".join(f"{name}={1e3 * p['real']['mean_s']:.0f}/{1e3 * p['sim']['mean_s']:.0f}"
                      f"({100 * p['mean_error']:.0f}%)" for name, p in row["policies"].items())
     agree = "".join("+" if ok else "-" for ok in row["ranking"].values())
-    scale = row["calibration"]
+    scale = {side: np.median([f for values in by_level.values() for f in values] or [1.0])
+             for side, by_level in row["calibration"].items()}
     print(f"{row['channel']:>13s} @{row['start_s']:>5.0f}s {row['load']:>7s} {row['mean_rate_mbps']:6.1f} Mbit/s  "
           f"x{scale['device']:.2f}/x{scale['server']:.2f}  real/sim ms: {cells}  ranking {agree}", flush=True)
 

@@ -33,7 +33,7 @@ from splitcomp.loop import RunEnv, run_requests
 from splitcomp.profile.timing import pin_to_cores
 from splitcomp.records import RequestRecord
 from splitcomp.runtime.session import SocketSession, launch_server, open_socket_session
-from splitcomp.sim import SimBackend
+from splitcomp.sim import Factors, SimBackend
 from splitcomp.tasks.common import CONF_DIR
 
 ROOT = Path(CONF_DIR).parent
@@ -78,8 +78,8 @@ class SocketBench:
         self.session.clock = ScenarioClock()
         return self.runtime.run(self.env(policy, estimator, requests))
 
-    def simulate(self, policy: str | DictConfig, estimator: str | None = None, device_factors: Sequence[float] = (),
-                 server_factors: Sequence[float] = (), **sim_options: Any) -> list[RequestRecord]:
+    def simulate(self, policy: str | DictConfig, estimator: str | None = None, device_factors: Factors = (),
+                 server_factors: Factors = (), **sim_options: Any) -> list[RequestRecord]:
         """Records of the same run in the simulator (``sim_options``: its ``noise`` and
         ``client_share``, the simulator's defaults otherwise; the factors: see ``SimBackend``)."""
         env = self.env(policy, estimator)
