@@ -51,7 +51,7 @@ from splitcomp.runtime.session import SocketSession, launch_server, open_socket_
 from splitcomp.runtime.tails import TailBank
 from splitcomp.scenario.load import LoadModel
 from splitcomp.scenario.trace import Trace
-from splitcomp.sim import SimBackend
+from splitcomp.sim import Factors, SimBackend
 from splitcomp.split import SplitPlan, analyze
 from splitcomp.workload.fitting import fit_missing_head, fitted_model
 
@@ -292,8 +292,8 @@ class ExperimentSession:
             self.session.clock = ScenarioClock()
         return self.runtime.run(self.env(policy, estimator, requests))
 
-    def simulate(self, policy: str | DictConfig, estimator: str | None = None, device_factors: Sequence[float] = (),
-                 server_factors: Sequence[float] = (), **sim_options: Any) -> list[RequestRecord]:
+    def simulate(self, policy: str | DictConfig, estimator: str | None = None, device_factors: Factors = (),
+                 server_factors: Factors = (), **sim_options: Any) -> list[RequestRecord]:
         """Records of the same run in the simulator (``sim_options``: its ``noise`` and
         ``client_share``, the simulator's defaults otherwise; the factors: see ``SimBackend``)."""
         env = self.env(policy, estimator)

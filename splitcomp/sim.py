@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,9 @@ __all__ = ["RECORD_FIELDS", "RunEnv", "SimBackend", "SimRuntime", "compare_polic
 
 IQR_IN_SIGMAS = 2 * 0.6744897501960817  # the interquartile range of a normal distribution, in sigmas
 
+# Measured ratios of real to profiled compute: the same for the whole run, or by scenario time
+Factors = Sequence[float] | Callable[[float], Sequence[float]]
+
 
 def _normal_cdf(z: float) -> float:
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
@@ -58,15 +61,17 @@ def spread_sigma(median_s: float, iqr_s: float) -> float:
 class SimBackend:
     """Serves the loop's requests and probes in scenario time (see the module docstring)."""
 
-    def __init__(self, env: RunEnv, noise: float | None = None, device_factors: Sequence[float] = (),
-                 server_factors: Sequence[float] = ()) -> None:
+    def __init__(self, env: RunEnv, noise: float | None = None, device_factors: Factors = (),
+                 server_factors: Factors = ()) -> None:
         """``device_factors`` and ``server_factors``, when given, replace the noise: each request's
         head (tail) time is the profiled one times a factor drawn from them, the ratios of real to
         profiled compute measured where the runtime runs (one request after an idle gap takes
-        longer than the profiler's back-to-back calls). The policies still see the profiles."""
+        longer than the profiler's back-to-back calls). Given as a function of scenario time, the
+        factors are those measured at the request's start (under the load of that moment, for
+        example). The policies still see the profiles."""
         self.env = env
-        self.device_factors = np.asarray(device_factors, dtype=float)
-        self.server_factors = np.asarray(server_factors, dtype=float)
+        self.device_factors = device_factors
+        self.server_factors = server_factors
         self.model = env.latency_model
         self.uplink, self.downlink = env.uplink, env.downlink or env.uplink
         self.true_load = env.true_load()
@@ -118,12 +123,12 @@ class SimBackend:
             device, server = math.exp(head * z_device), math.exp(tail * z_server)
         return self._measured(self.device_factors, z_device, device), self._measured(self.server_factors, z_server, server)
 
-    @staticmethod
-    def _measured(factors: np.ndarray, z: float, otherwise: float) -> float:
+    def _measured(self, factors: Factors, z: float, otherwise: float) -> float:
         """A measured factor picked by the request's draw (the same draw for every policy)."""
-        if not len(factors):
+        values = factors(self.t) if callable(factors) else factors
+        if not len(values):
             return otherwise
-        return float(factors[min(int(_normal_cdf(z) * len(factors)), len(factors) - 1)])
+        return float(values[min(int(_normal_cdf(z) * len(values)), len(values) - 1)])
 
     # --- serving ------------------------------------------------------------------------------------
     def serve(self, job: Job) -> Served:

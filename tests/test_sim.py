@@ -259,3 +259,14 @@ def test_a_probe_that_runs_past_the_due_time_is_inside_the_request():
     for r in held:  # closed loop: the probe starts when the request is due and runs to its deadline
         assert r["probe_s"] == pytest.approx(DEVICE_ONLY_S)
         assert r["latency_s"] == pytest.approx(r["probe_s"] + r["device_s"])
+
+
+def test_measured_factors_replace_the_noise_and_may_follow_scenario_time():
+    from splitcomp.loop import run_requests
+    from splitcomp.sim import SimBackend
+
+    run = env(Trace([0.0], [15e6], 30.0), DeviceOnly(), n=20)
+    constant = run_requests(run, SimBackend(run, noise=None, device_factors=[2.0]))
+    assert all(r["device_s"] == pytest.approx(2 * DEVICE_ONLY_S) for r in constant)
+    by_time = run_requests(run, SimBackend(run, noise=None, device_factors=lambda t: [3.0] if t >= 1.0 else [1.0]))
+    assert [r["device_s"] == pytest.approx(3 * DEVICE_ONLY_S) for r in by_time] == [r["t_start"] >= 1.0 for r in by_time]
