@@ -36,6 +36,7 @@ import torch
 from splitcomp.errors import PeerError
 from splitcomp.link.auth import FrameAuth, new_nonce, session_key
 from splitcomp.link.budget import ByteBudget
+from splitcomp.link.buffers import PayloadPool
 from splitcomp.link.codecs import Codec, RawCodec
 from splitcomp.link.frame_bytes import answer_meta, probe_ack_meta
 from splitcomp.link.shaping import LinkTimeout
@@ -78,6 +79,7 @@ class ServerSettings:
     max_clients_per_address: int = 64
     max_inflight_bytes: int = 512 << 20  # payload (and decoded) bytes held for frames in flight, all peers
     max_probe_bytes: int = 16 << 20
+    idle_buffer_bytes: int = 64 << 20   # payload buffers kept for reuse between frames, all peers
     secret: bytes | None = None
     limits: Limits = field(default_factory=Limits)
     tls: ssl.SSLContext | None = None
@@ -150,6 +152,7 @@ class EdgeServer:
         self.codecs = frozenset({RawCodec.name, (codec or RawCodec()).name})
         self.slots = ConnectionSlots(self.settings.max_clients, self.settings.max_clients_per_address)
         self.budget = ByteBudget(self.settings.max_inflight_bytes)
+        self.payload_pool = PayloadPool(self.settings.idle_buffer_bytes)
         self.frame_timeouts = Timeouts(idle_s=self.settings.idle_timeout_s, frame_s=self.settings.io_timeout_s,
                                        min_rate_bps=self.settings.min_rate_bps)
         self.jobs: queue.Queue[Job | None] | BatchQueue = (
@@ -220,7 +223,8 @@ class EdgeServer:
                 conn.settimeout(self.settings.handshake_timeout_s)  # the whole TLS handshake
                 conn = self.settings.tls.wrap_socket(conn, server_side=True)
             auth = FrameAuth.server(self.settings.secret) if self.settings.secret else None
-            connection = Connection(conn, FrameReader(conn, self.settings.limits, auth, self.budget), auth)
+            connection = Connection(conn, FrameReader(conn, self.settings.limits, auth, self.budget,
+                                                          self.payload_pool), auth)
             self._handshake(connection, deadline)
             while not self.stop_event.is_set():
                 frame = connection.reader.read(allowed=(Kind.REQUEST, Kind.PROBE), check=self._check_header,
