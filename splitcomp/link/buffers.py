@@ -1,7 +1,7 @@
 """Payload buffers a receiver fills from the socket, and a bounded pool that recycles them.
 
 A fresh anonymous mapping costs one page fault per 4 KiB page as bytes arrive: for a 16 MiB frame
-that is about as long as the transfer itself on loopback. A receiver that reads many large frames
+that takes about as long as the transfer itself on loopback. A receiver that reads many large frames
 (the edge server of a fleet) gives each released payload back to a :class:`PayloadPool` and
 receives the next one into it. The pool holds at most ``max_bytes`` while idle, in all, whatever
 the number of connections, so it does not loosen the server's memory bound by more than that.
@@ -20,12 +20,10 @@ Buffer = bytearray | mmap.mmap
 
 
 def new_buffer(nbytes: int) -> Buffer:
-    """A writable buffer of ``nbytes``: small ones on the heap, large ones their own mapping with
-    its pages populated in one call (not one fault per page while bytes arrive)."""
-    if nbytes < MMAP_FROM:
-        return bytearray(nbytes)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-    return mmap.mmap(-1, nbytes, flags=flags)
+    """A writable buffer of ``nbytes``: small ones on the heap, large ones their own anonymous
+    mapping, whose pages the kernel provides only as bytes are written into them (a peer that
+    declares a large frame and trickles it makes the receiver hold only what it sent)."""
+    return mmap.mmap(-1, nbytes) if nbytes >= MMAP_FROM else bytearray(nbytes)
 
 
 class PayloadPool:

@@ -1,4 +1,5 @@
 import socket
+import threading
 
 import torch
 
@@ -12,9 +13,13 @@ def test_released_payloads_are_received_into_again_and_values_stay_exact():
     reader = FrameReader(b, pool=pool)
     with a, b:
         for seed in range(3):
-            tensor = torch.randint(0, 256, (MMAP_FROM + 7,), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-            a.sendall(encode_frame(Kind.REQUEST, {"cut": 0}, [tensor]))
+            tensor = torch.randint(0, 256, (MMAP_FROM + 7,), dtype=torch.uint8,
+                                   generator=torch.Generator().manual_seed(seed))
+            data = encode_frame(Kind.REQUEST, {"cut": 0}, [tensor])
+            sender = threading.Thread(target=a.sendall, args=(data,))
+            sender.start()
             frame = reader.read()
+            sender.join()
             assert torch.equal(frame.values()[0], tensor)
             frame.release()
     assert pool.reused == 2 and pool.idle_bytes == MMAP_FROM + 7
