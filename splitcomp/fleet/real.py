@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from splitcomp.fleet.metrics import BatchSpan
 from splitcomp.link.shaping import ScenarioClock, ShapedLink
 from splitcomp.loop import RequestLoop, RunEnv
 from splitcomp.profile.timing import precise_sleep
@@ -30,7 +31,7 @@ from splitcomp.records import RequestRecord
 from splitcomp.runtime.client import EdgeClient
 from splitcomp.runtime.device import Device, HeadRun
 from splitcomp.runtime.process import bind_listener
-from splitcomp.runtime.server import BatchRun, EdgeServer, ServerSettings
+from splitcomp.runtime.server import EdgeServer, ServerSettings
 from splitcomp.runtime.socket_runtime import Reconnector, SocketBackend, SocketParts
 from splitcomp.runtime.tails import TailBank
 
@@ -90,7 +91,7 @@ class EmulatedDevice(Device):
 @dataclass
 class RealFleetResult:
     records: list[list[RequestRecord]]
-    batches: list[BatchRun]
+    batches: list[BatchSpan]  # the server's tail calls, from the fleet's start
     wall_s: float
 
 
@@ -139,7 +140,10 @@ def run_real_fleet(envs: Sequence[RunEnv], model: torch.nn.Module, plan: Any, ex
             loop.backend.close()
     if errors:
         raise errors[0]
-    return RealFleetResult([loop.records for loop in loops], list(server.history), time.perf_counter() - started)
+    for loop in loops:
+        loop.backend.references.fill(loop.records)  # the unsplit model's class (cached) beside each answer
+    spans = [BatchSpan(run.started - started, run.seconds, run.requests) for run in server.history]
+    return RealFleetResult([loop.records for loop in loops], spans, time.perf_counter() - started)
 
 
 def _run_together(loops: Sequence[RequestLoop]) -> list[BaseException]:

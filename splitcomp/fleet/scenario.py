@@ -85,6 +85,11 @@ class FleetSpec:
         return out
 
 
+def fleet_spec(**values: Any) -> FleetSpec:
+    """The ``_target_`` of ``conf/fleet/*.yaml``."""
+    return FleetSpec.from_cfg(values)
+
+
 def device_envs(spec: FleetSpec, candidates: list[CutProfile], latency_model: LatencyModel,
                 make_policy: Callable[[], Policy], make_estimator: Callable[[], RateEstimator],
                 rtt_s: float = 0.0) -> list[RunEnv]:
@@ -94,3 +99,24 @@ def device_envs(spec: FleetSpec, candidates: list[CutProfile], latency_model: La
                    n_requests=spec.requests, seed=spec.seed * 100_003 + i, rtt_s=rtt_s,
                    timeout_s=spec.timeout_s, sim_options={"noise": 0.0})
             for i, uplink in enumerate(spec.uplinks())]
+
+
+def load_fleet(name_or_path: str) -> FleetSpec:
+    """A fleet from ``conf/fleet/NAME.yaml`` or from a YAML file's path; errors in one sentence."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from splitcomp.configs import config_dir
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = config_dir() / "fleet" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no fleet config {name_or_path!r}; name one in conf/fleet/ or give a YAML file.")
+    try:
+        values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"fleet config {path} cannot be read ({exc}).") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"fleet config {path} must be a mapping of keys to values.")
+    return FleetSpec.from_cfg(values)

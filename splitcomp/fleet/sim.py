@@ -23,6 +23,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from splitcomp.fleet.metrics import BatchSpan
 from splitcomp.loop import RequestLoop, RunEnv
 from splitcomp.profile.latency import CutProfile
 from splitcomp.records import RequestRecord, ServerReport
@@ -36,14 +37,6 @@ class _Batch:
     start: float
     end: float
     size: int = 1
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    start: float
-    end: float
-    size: int
-    cut: int
 
 
 class BatchServerModel:
@@ -90,8 +83,8 @@ class BatchServerModel:
         queued = self.queued_at(t)
         return ServerReport(queue_len=queued, queue_s=max(0.0, self.free_at - t), queued_now=queued)
 
-    def history(self) -> list[BatchRecord]:
-        return [BatchRecord(b.start, b.end, b.size, b.cut) for b in self.batches]
+    def history(self) -> list[BatchSpan]:
+        return [BatchSpan(b.start, b.end - b.start, b.size) for b in self.batches]
 
 
 class FleetSimBackend(SimBackend):
