@@ -29,6 +29,7 @@ class BatchSpan:
     start: float
     seconds: float
     requests: int
+    cut: int = -1  # the cut's index in the plan
 
 
 @dataclass

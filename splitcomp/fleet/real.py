@@ -31,7 +31,7 @@ from splitcomp.records import RequestRecord
 from splitcomp.runtime.client import EdgeClient
 from splitcomp.runtime.device import Device, HeadRun
 from splitcomp.runtime.process import bind_listener
-from splitcomp.runtime.server import EdgeServer, ServerSettings
+from splitcomp.runtime.server import EdgeServer, ServerSettings, batched
 from splitcomp.runtime.socket_runtime import Reconnector, SocketBackend, SocketParts
 from splitcomp.runtime.tails import TailBank
 
@@ -105,7 +105,9 @@ def run_real_fleet(envs: Sequence[RunEnv], model: torch.nn.Module, plan: Any, ex
     cache = cache or HeadCache(model, plan, images, [c.index for c in candidates])
     head_s = {c.index: c.head_at(1) for c in candidates}
     device_only_s = max(head_s.values())
-    server = EdgeServer(TailBank(plan, example, torch.device("cpu")), fingerprint, settings=settings, codec=codec)
+    tails = TailBank(plan, example, torch.device("cpu"))
+    warm_up(tails, cache, candidates, settings.max_batch)
+    server = EdgeServer(tails, fingerprint, settings=settings, codec=codec)
     listener = bind_listener("127.0.0.1", 0)
     port = listener.getsockname()[1]
     serving = threading.Thread(target=server.serve_forever, args=(listener,), daemon=True)
@@ -142,8 +144,23 @@ def run_real_fleet(envs: Sequence[RunEnv], model: torch.nn.Module, plan: Any, ex
         raise errors[0]
     for loop in loops:
         loop.backend.references.fill(loop.records)  # the unsplit model's class (cached) beside each answer
-    spans = [BatchSpan(run.started - started, run.seconds, run.requests) for run in server.history]
+    spans = [BatchSpan(run.started - started, run.seconds, run.requests, run.cut) for run in server.history]
     return RealFleetResult([loop.records for loop in loops], spans, time.perf_counter() - started)
+
+
+def warm_up(tails: TailBank, cache: HeadCache, candidates: Sequence[Any], max_batch: int) -> None:
+    """Build every tail and run it once at each power-of-two batch size: the first call of a
+    tail takes many times its steady time, which would land on the fleet's first requests."""
+    with torch.inference_mode():
+        for cut in candidates:
+            if cut.is_device_only:
+                continue
+            tail, _ = tails.get(cut.index)
+            values = next(v for (c, _), v in cache.outputs.items() if c == cut.index)
+            batch = 1
+            while batch <= max_batch:
+                tail(batched(values, 1, batch))
+                batch *= 2
 
 
 def _run_together(loops: Sequence[RequestLoop]) -> list[BaseException]:

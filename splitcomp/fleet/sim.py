@@ -84,14 +84,15 @@ class BatchServerModel:
         return ServerReport(queue_len=queued, queue_s=max(0.0, self.free_at - t), queued_now=queued)
 
     def history(self) -> list[BatchSpan]:
-        return [BatchSpan(b.start, b.end - b.start, b.size) for b in self.batches]
+        return [BatchSpan(b.start, b.end - b.start, b.size, b.cut) for b in self.batches]
 
 
 class FleetSimBackend(SimBackend):
     """One device of a simulated fleet: its own link and compute, the fleet's shared server."""
 
-    def __init__(self, env: RunEnv, server: BatchServerModel, noise: float | None = None) -> None:
-        super().__init__(env, noise)
+    def __init__(self, env: RunEnv, server: BatchServerModel, noise: float | None = None,
+                 device_factors: Sequence[float] = (), server_factors: Sequence[float] = ()) -> None:
+        super().__init__(env, noise, device_factors, server_factors)
         self.server = server
 
     def _server_side(self, cut: CutProfile, t_send: float, t_queued: float,
@@ -102,11 +103,12 @@ class FleetSimBackend(SimBackend):
         return self.server.probe_report(t)
 
 
-def simulate_fleet(envs: Sequence[RunEnv], server: BatchServerModel,
-                   noise: float | None = 0.0) -> list[list[RequestRecord]]:
+def simulate_fleet(envs: Sequence[RunEnv], server: BatchServerModel, noise: float | None = 0.0,
+                   device_factors: Sequence[float] = (), server_factors: Sequence[float] = ()) -> list[list[RequestRecord]]:
     """Run every device's loop on the shared ``server``, interleaved by due time; each device's
-    records, in the order of ``envs``."""
-    loops = [RequestLoop(env, FleetSimBackend(env, server, noise)) for env in envs]
+    records, in the order of ``envs``. ``device_factors`` and ``server_factors``: ratios of real
+    to profiled compute measured on the real runtime (see :class:`~splitcomp.sim.SimBackend`)."""
+    loops = [RequestLoop(env, FleetSimBackend(env, server, noise, device_factors, server_factors)) for env in envs]
     due: list[tuple[float, int]] = []
     for i, loop in enumerate(loops):
         loop.begin()

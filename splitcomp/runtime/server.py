@@ -94,6 +94,7 @@ class BatchRun:
     rows: int
     requests: int
     queued: int  # jobs still waiting when it ended
+    cut: int = -1
 
 
 @dataclass
@@ -386,7 +387,7 @@ class EdgeServer:
         server_s = time.perf_counter() - started
         output = output[:rows].to("cpu").float()
         queued = self.jobs.qsize()
-        self.history.append(BatchRun(started, server_s, rows * copies, len(jobs), queued))
+        self.history.append(BatchRun(started, server_s, rows * copies, len(jobs), queued, first.cut_index))
         answers, offset = [], 0
         for job in jobs:
             queue_s = started - job.enqueued
