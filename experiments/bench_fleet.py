@@ -20,9 +20,11 @@ the fleets here run seed 1. Everything goes into one MLflow run (experiment ``fl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from splitcomp.fleet.framepath import measure_frame_path
-from splitcomp.fleet.metrics import FleetFigures, fleet_figures, log_fleet
+from splitcomp.fleet.metrics import BatchSpan, FleetFigures, fleet_figures, log_fleet
 from splitcomp.fleet.real import HeadCache, run_real_fleet
 from splitcomp.fleet.scenario import FleetSpec, device_envs, load_fleet
 from splitcomp.fleet.sim import BatchServerModel, simulate_fleet
@@ -48,6 +50,7 @@ from splitcomp.track.tracker import start_run
 POLICIES = {"dynamic": Dynamic, "fleet_aware": FleetAware, "device_only": DeviceOnly, "server_only": ServerOnly}
 MAX_BATCH, MAX_WAIT_S = 16, 0.002
 DEVICE_SLOWDOWN, WIDTH = 8.0, 320
+MIN_HEAD_S = 0.005
 
 
 def offload_share_std(records: list[list[RequestRecord]], bin_s: float = 1.0) -> float:
@@ -66,11 +69,41 @@ def summary(figures: FleetFigures, records: list[list[RequestRecord]]) -> dict[s
             "device_latency_ms_mean": [d.latency_ms_mean for d in figures.devices]}
 
 
-def simulate(spec: FleetSpec, work: Any, latency_model: LatencyModel, policy: str) -> tuple[Any, list, list, float]:
+@dataclass
+class Calibration:
+    """What the simulator takes from a real calibration run (another seed than the one graded):
+    ratios of real to profiled compute on the device and the server, and the server-side
+    handling and answer time beyond the tail (the latency model's ``overhead_s``)."""
+
+    device_factors: list[float] = field(default_factory=list)
+    server_factors: list[float] = field(default_factory=list)
+    overhead_s: float = 0.0
+
+    @classmethod
+    def from_run(cls, work: Any, records: list[list[RequestRecord]], batches: list[BatchSpan]) -> Calibration:
+        cuts = {c.index: c for c in work.profiles.cuts}
+        flat = [r for device in records for r in device if not r.fallback]
+        # heads of a few milliseconds at least: below, the ratio measures the sleep's overshoot
+        device = [r.device_s / cuts[r.cut].head_at(1) for r in flat if cuts[r.cut].head_at(1) >= MIN_HEAD_S]
+        server = [b.seconds / cuts[b.cut].tail_at(b.requests) for b in batches
+                  if b.cut in cuts and cuts[b.cut].tail_at(b.requests) > 0]
+        overhead = [r.overhead_s + r.downlink_s for r in flat if r.bytes_up > 0]
+        return cls(sorted(device), sorted(server), float(np.median(overhead)) if overhead else 0.0)
+
+    def summary(self) -> dict[str, float]:
+        def median(values: list[float]) -> float:
+            return float(np.median(values)) if values else float("nan")
+        return {"device_factor_median": median(self.device_factors),
+                "server_factor_median": median(self.server_factors), "overhead_ms": 1e3 * self.overhead_s}
+
+
+def simulate(spec: FleetSpec, work: Any, latency_model: LatencyModel, policy: str,
+             calibration: Calibration) -> tuple[Any, list, list, float]:
     server = BatchServerModel(MAX_BATCH, MAX_WAIT_S)
     envs = device_envs(spec, list(work.profiles.cuts), latency_model, POLICIES[policy], EwmaEstimator)
     started = time.perf_counter()
-    records = simulate_fleet(envs, server)
+    records = simulate_fleet(envs, server, device_factors=calibration.device_factors,
+                             server_factors=calibration.server_factors)
     wall = time.perf_counter() - started
     batches = server.history()
     return fleet_figures(records, batches), records, batches, wall
@@ -104,12 +137,23 @@ def main() -> None:
     real_policies = ["dynamic", "fleet_aware", "device_only"] + ([] if args.quick else ["server_only"])
     settings = ServerSettings(batching=True, max_batch=MAX_BATCH, max_wait_s=MAX_WAIT_S)
 
+
+    def run_real(fleet: FleetSpec, policy: str, latency_model: LatencyModel) -> Any:
+        envs = device_envs(fleet, list(work.profiles.cuts), latency_model, POLICIES[policy], EwmaEstimator)
+        with tqdm(total=fleet.devices * fleet.requests, desc=f"real fleet, {policy}, seed {fleet.seed}",
+                  unit="req") as bar:
+            return run_real_fleet(envs, work.model, work.plan, work.example, work.fingerprint, work.codec, images,
+                                  settings, cache=cache, progress=bar.update)
+
+    tuning = dataclasses.replace(spec, seed=0, requests=max(1, spec.requests // 2))
+    calibration_run = run_real(tuning, "dynamic", model)
+    calibration = Calibration.from_run(work, calibration_run.records, calibration_run.batches)
+    result["calibration"] = {**calibration.summary(), "seed": tuning.seed, "requests": tuning.requests}
+    model = LatencyModel(work.profiles, overhead_s=calibration.overhead_s)  # both runtimes, every policy
+
     real, real_figures, real_batches = {}, {}, {}
     for policy in real_policies:
-        envs = device_envs(spec, list(work.profiles.cuts), model, POLICIES[policy], EwmaEstimator)
-        with tqdm(total=spec.devices * spec.requests, desc=f"real fleet, {policy}", unit="req") as bar:
-            run = run_real_fleet(envs, work.model, work.plan, work.example, work.fingerprint, work.codec, images,
-                                 settings, cache=cache, progress=bar.update)
+        run = run_real(spec, policy, model)
         figures = fleet_figures(run.records, run.batches, run.wall_s)
         real[policy] = {**summary(figures, run.records), "wall_s": run.wall_s}
         real_figures[policy], real_batches[policy] = figures, run.batches
@@ -117,10 +161,10 @@ def main() -> None:
     sim16, sim16_figures, sim16_batches = {}, {}, {}
     sim1000, sim1000_figures = {}, {}
     for policy in POLICIES:
-        figures, records, batches, wall = simulate(spec, work, model, policy)
+        figures, records, batches, wall = simulate(spec, work, model, policy, calibration)
         sim16[policy] = {**summary(figures, records), "wall_s": wall}
         sim16_figures[policy], sim16_batches[policy] = figures, batches
-        figures, records, _, wall = simulate(large, work, model, policy)
+        figures, records, _, wall = simulate(large, work, model, policy, calibration)
         sim1000[policy] = {**summary(figures, records), "wall_s": wall}
         sim1000_figures[policy] = figures
         del records
