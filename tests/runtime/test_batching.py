@@ -101,3 +101,21 @@ def test_a_request_carrying_more_rows_than_room_left_starts_the_next_batch():
         queue.put(_job(0, rows))
     assert [job.rows for job in queue.take()] == [3]
     assert [job.rows for job in queue.take()] == [2, 2]
+
+
+def test_the_server_config_turns_batching_on_and_refuses_a_non_boolean():
+    import pytest
+    from omegaconf import OmegaConf
+
+    from splitcomp.configs import config_dir
+    from splitcomp.errors import ConfigError
+    from splitcomp.tasks.serve import server_settings
+
+    cfg = OmegaConf.load(config_dir() / "server" / "default.yaml")
+    assert server_settings(cfg).batching is False  # off by default: the one-at-a-time server
+    cfg.batching, cfg.max_wait_s = True, 0.01
+    settings = server_settings(cfg)
+    assert settings.batching and settings.max_wait_s == 0.01
+    cfg.batching = "sometimes"
+    with pytest.raises(ConfigError, match="server.batching must be on or off"):
+        server_settings(cfg)
