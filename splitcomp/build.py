@@ -354,8 +354,19 @@ def server_settings(server_cfg: DictConfig) -> ServerSettings:
         idle_timeout_s=float(server_cfg.get("idle_timeout_s", defaults.idle_timeout_s)),
         min_rate_bps=float(server_cfg.get("min_rate_bps", defaults.min_rate_bps)),
         max_batch=int(server_cfg.max_batch), max_clients=clients, max_clients_per_address=per_address,
+        batching=_batching(server_cfg), max_wait_s=float(server_cfg.get("max_wait_s", defaults.max_wait_s)),
         max_inflight_bytes=inflight, secret=auth_secret(server_cfg), tls=server_tls(server_cfg),
         limits=Limits(max_payload_bytes=max_payload, max_decoded_bytes=max_payload))
+
+
+def _batching(server_cfg: DictConfig) -> bool:
+    """``server.batching``: on or off (YAML reads both as booleans)."""
+    value = server_cfg.get("batching", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"server.batching must be on or off, got {value!r}")
+    if value and float(server_cfg.get("max_wait_s", 0.0)) < 0:
+        raise ConfigError("server.max_wait_s must be at least 0 (seconds a batch waits for more requests)")
+    return value
 
 
 def downlink_factory(cfg: DictConfig, link: Any) -> Callable[[float], Any] | None:

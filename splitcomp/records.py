@@ -48,6 +48,8 @@ class ServerReport:
     server_s: float = 0.0  # the tail's time, slowdown included
     decode_s: float = 0.0  # decoding the request's tensors
     handled_s: float = 0.0  # the whole frame read -> the answer ready (covers the three above)
+    batch_requests: int = 1  # requests (from any device) computed in the same tail call
+    queued_now: int = 0  # jobs waiting in the server when the answer was computed
 
     def to_meta(self) -> dict[str, Any]:
         """The plain JSON values carried in an answer's header."""

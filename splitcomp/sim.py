@@ -145,9 +145,7 @@ class SimBackend:
             upload = self._abandoned(sent["bytes_up"], t_send, job.deadline_s)
             return self._fallback(cut, t_send + job.deadline_s, device_f, uplink_s=job.deadline_s, upload=upload, **sent)
         upload = Transfer(sent["bytes_up"], uplink_s - self._half_rtt(t_send), t_send)
-        load = self.true_load.at(t_send)
-        queue_s, server_s = self.model.server_terms(cut, load)
-        server_s *= server_f
+        queue_s, server_s, report = self._server_side(cut, t_send, t_send + uplink_s + cut.decode_s, server_f)
         t_reply = t_send + uplink_s + cut.decode_s + queue_s + server_s + overhead_s
         bytes_down = self.model.answer_bytes(cut)
         downlink_s = self._transfer(self.downlink, bytes_down, t_reply, job.deadline_s)
@@ -155,12 +153,23 @@ class SimBackend:
             t_failed = t_reply + job.deadline_s
             return self._fallback(cut, t_failed, device_f, uplink_s=uplink_s, upload=upload,
                                   downlink_s=t_failed - (t_send + uplink_s), **sent)
-        report = ServerReport(batch_size=load.batch_size, queue_len=load.queue_len, slowdown=load.slowdown,
-                              queue_s=queue_s, tail_s=server_s / load.slowdown, server_s=server_s,
-                              decode_s=cut.decode_s, handled_s=cut.decode_s + queue_s + server_s + overhead_s)
+        report = dataclasses.replace(report, decode_s=cut.decode_s,
+                                     handled_s=cut.decode_s + queue_s + server_s + overhead_s)
         return self._done(Served(t_reply + downlink_s, uplink_s=uplink_s, decode_s=cut.decode_s, queue_s=queue_s,
                                  server_s=server_s, overhead_s=overhead_s, downlink_s=downlink_s,
                                  bytes_down=bytes_down, report=report, upload=upload, **sent))
+
+    def _server_side(self, cut: CutProfile, t_send: float, t_queued: float,
+                     server_f: float) -> tuple[float, float, ServerReport]:
+        """(queue_s, server_s, report) of a request sent at ``t_send`` and queued at the server at
+        ``t_queued``: here from the true load model at ``t_send``; a fleet's shared server
+        (:mod:`splitcomp.fleet.sim`) computes them from the other devices' requests."""
+        load = self.true_load.at(t_send)
+        queue_s, server_s = self.model.server_terms(cut, load)
+        server_s *= server_f
+        report = ServerReport(batch_size=load.batch_size, queue_len=load.queue_len, slowdown=load.slowdown,
+                              queue_s=queue_s, tail_s=server_s / load.slowdown, server_s=server_s)
+        return queue_s, server_s, report
 
     def _abandoned(self, nbytes: int, t_send: float, deadline_s: float) -> Transfer:
         """An upload given up ``deadline_s`` after ``t_send``, and what the link carried meanwhile."""
@@ -190,10 +199,14 @@ class SimBackend:
             self.t = t + deadline_s
             return ProbeResult(self.t, upload)
         self.t = t + uplink_s + answer_s
-        load = self.true_load.at(t + uplink_s)
-        report = ServerReport(batch_size=load.batch_size, queue_len=load.queue_len, slowdown=load.slowdown,
-                              queue_s=load.queue_s)
+        report = self._probe_report(t + uplink_s)
         return ProbeResult(self.t, upload, report, rtt_s=uplink_s + answer_s - upload.seconds)
+
+    def _probe_report(self, t: float) -> ServerReport:
+        """What the server says about itself to a probe reaching it at ``t``."""
+        load = self.true_load.at(t)
+        return ServerReport(batch_size=load.batch_size, queue_len=load.queue_len, slowdown=load.slowdown,
+                            queue_s=load.queue_s)
 
 
 def simulate(candidates: list[CutProfile], latency_model: LatencyModel, policy: Policy,

@@ -129,7 +129,7 @@ def test_library_never_imports_entry_points():
 # The rooms of the package, lowest first, as README's "Layout" lists them: a room imports only rooms
 # before it. A new room goes into this list (and the README) where its imports put it.
 ROOMS = ("errors", "files", "redact", "configs", "records", "scenario", "link", "split", "workload", "profile",
-         "policy", "loop", "sim", "runtime", "track", "build", "experiment", "tasks")
+         "policy", "loop", "sim", "runtime", "track", "fleet", "build", "experiment", "tasks")
 
 
 def room(module: str) -> str:

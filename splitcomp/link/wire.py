@@ -25,7 +25,6 @@ from __future__ import annotations
 import hmac
 import json
 import math
-import mmap
 import socket
 import struct
 import time
@@ -39,6 +38,7 @@ import torch
 from splitcomp.errors import PeerError
 from splitcomp.link.auth import MAC_BYTES, FrameAuth
 from splitcomp.link.budget import ByteBudget
+from splitcomp.link.buffers import Buffer, PayloadPool, new_buffer
 from splitcomp.link.codecs import (
     WIRE_DTYPES,
     Codec,
@@ -54,7 +54,6 @@ VERSION = 2
 PREFIX = struct.Struct("!4sBBHIQ")
 FLAG_MAC = 0x1
 _JSON_SCALARS = (int, float, str, bool, type(None))
-_MMAP_FROM = 1 << 20  # payloads from this size get their own mapping: pages appear as bytes arrive
 
 
 class Kind(IntEnum):
@@ -381,14 +380,17 @@ class FrameReader:
     """Reads validated frames from one connection.
 
     ``auth`` (the connection's MAC state) makes every frame need valid MACs; ``budget`` is the
-    receiver-wide byte budget a frame's payload is reserved from (released by ``Frame.release``)."""
+    receiver-wide byte budget a frame's payload is reserved from (released by ``Frame.release``);
+    ``pool``, when given, lends the payload buffers and takes them back at ``Frame.release``
+    (the owner then must not use the frame's values after releasing it)."""
 
     def __init__(self, sock: socket.socket, limits: Limits | None = None, auth: FrameAuth | None = None,
-                 budget: ByteBudget | None = None) -> None:
+                 budget: ByteBudget | None = None, pool: PayloadPool | None = None) -> None:
         self.sock = sock
         self.limits = limits or Limits()
         self.auth = auth
         self.budget = budget
+        self.pool = pool
 
     def read(self, allowed: Collection[Kind] | None = None, check: HeaderCheck | None = None,
              timeouts: Timeouts = Timeouts(), deadline: float | None = None,
@@ -419,9 +421,10 @@ class FrameReader:
         if check is not None:
             check(kind, meta, items)
         release = self._reserve(budget_share(items, payload_len), frame_deadline)
+        buffer = self.pool.take(payload_len) if self.pool is not None else new_buffer(payload_len)
+        payload = memoryview(buffer)[:payload_len]  # a recycled buffer may be longer
         try:
-            payload = _payload_buffer(payload_len)
-            self._fill(memoryview(payload), frame_deadline, mac)
+            self._fill(payload, frame_deadline, mac)
             if mac is not None:
                 self._check_tag(mac, frame_deadline)
         except BaseException:
@@ -430,8 +433,18 @@ class FrameReader:
             raise
         if mac is not None:
             self.auth.received()
+        if self.pool is not None:
+            release = self._recycling(buffer, release)
         wire_bytes = PREFIX.size + header_len + payload_len + (2 * MAC_BYTES if flags & FLAG_MAC else 0)
         return Frame(kind, meta, _split_payload(items, payload), release, wire_bytes)
+
+    def _recycling(self, buffer: Buffer, release: Callable[[], None] | None) -> Callable[[], None]:
+        """``release`` that also gives the payload buffer back to the pool."""
+        def release_and_recycle() -> None:
+            if release is not None:
+                release()
+            self.pool.give(buffer)
+        return release_and_recycle
 
     # --- steps ------------------------------------------------------------------------------
     def _first_bytes(self, view: memoryview, idle_s: float | None, deadline: float | None) -> int:
@@ -511,15 +524,8 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-def _payload_buffer(nbytes: int) -> bytearray | mmap.mmap:
-    """A writable buffer for a payload. Large ones are anonymous mappings, whose pages the kernel
-    provides only as bytes are written into them and takes back as soon as the frame is gone."""
-    return mmap.mmap(-1, nbytes) if nbytes >= _MMAP_FROM else bytearray(nbytes)
-
-
-def _split_payload(items: list[Any], payload: bytearray | mmap.mmap) -> list[EncodedTensor | Any]:
-    out: list[EncodedTensor | Any] = []
-    view = memoryview(payload)  # slices share the received buffer: no copy per tensor
+def _split_payload(items: list[Any], view: memoryview) -> list[EncodedTensor | Any]:
+    out: list[EncodedTensor | Any] = []  # slices share the received buffer: no copy per tensor
     offset = 0
     for item in items:
         if not isinstance(item, ItemSpec):

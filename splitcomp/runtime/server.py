@@ -1,8 +1,12 @@
 """The edge server: receives a cut's crossing values, runs the tail, returns logits and its load.
 
-One thread per connection reads and validates frames; a single compute thread runs the tails in
-arrival order, so concurrent clients queue for the accelerator exactly as they would on a real
-edge server, and the queue length the server reports is real.
+One thread per connection reads and validates frames; a single compute thread runs the tails,
+so concurrent clients queue for the accelerator exactly as they would on a real edge server, and
+the queue length the server reports is real. With ``batching`` off the tails run one request at a
+time in arrival order; with it on, requests of the same cut from every connection are computed
+together in batches of at most ``max_batch`` rows, each closed when full or when its oldest
+request has waited ``max_wait_s``, the cuts served round robin (:mod:`splitcomp.runtime.batching`).
+Every answer reports the batch it ran in, its time in the queue and the queue left behind it.
 
 Every peer is presumed hostile until its frames prove otherwise, and after that too: a
 connection takes a slot at accept (in all and per address), must finish TLS and HELLO within
@@ -22,8 +26,8 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,7 @@ import torch
 from splitcomp.errors import PeerError
 from splitcomp.link.auth import FrameAuth, new_nonce, session_key
 from splitcomp.link.budget import ByteBudget
+from splitcomp.link.buffers import PayloadPool
 from splitcomp.link.codecs import Codec, RawCodec
 from splitcomp.link.frame_bytes import answer_meta, probe_ack_meta
 from splitcomp.link.shaping import LinkTimeout
@@ -50,6 +55,7 @@ from splitcomp.link.wire import (
 from splitcomp.profile.timing import precise_sleep
 from splitcomp.records import ServerReport
 from splitcomp.runtime.admission import ConnectionSlots, Throttle
+from splitcomp.runtime.batching import BatchQueue, Job, concatenate
 from splitcomp.runtime.fingerprint import describe_mismatch
 from splitcomp.runtime.handshake import Hello, ModelMismatch, RequestMeta, Welcome
 from splitcomp.runtime.tails import TailBank
@@ -66,24 +72,29 @@ class ServerSettings:
     handshake_timeout_s: float = 5.0    # TLS and HELLO together, from accept
     idle_timeout_s: float = 600.0       # a connection without a frame for this long is closed
     min_rate_bps: float = 1e6
-    max_batch: int = 64
+    max_batch: int = 64                 # rows one request may carry; batching: rows one batch may hold
+    batching: bool = False              # compute requests of one cut from all connections together
+    max_wait_s: float = 0.005           # batching: a batch closes when its oldest request has waited this
     max_clients: int = 256
     max_clients_per_address: int = 64
     max_inflight_bytes: int = 512 << 20  # payload (and decoded) bytes held for frames in flight, all peers
     max_probe_bytes: int = 16 << 20
+    idle_buffer_bytes: int = 64 << 20   # payload buffers kept for reuse between frames, all peers
     secret: bytes | None = None
     limits: Limits = field(default_factory=Limits)
     tls: ssl.SSLContext | None = None
 
 
-@dataclass
-class Job:
-    cut_index: int
-    values: tuple[Any, ...]
-    t_scenario: float
-    enqueued: float
-    queue_len: int
-    future: Future = field(default_factory=Future)
+@dataclass(frozen=True)
+class BatchRun:
+    """One tail call, as the server's history keeps it (for throughput and batch-size figures)."""
+
+    started: float  # time.perf_counter() when the tail began
+    seconds: float
+    rows: int
+    requests: int
+    queued: int  # jobs still waiting when it ended
+    cut: int = -1
 
 
 @dataclass
@@ -142,9 +153,13 @@ class EdgeServer:
         self.codecs = frozenset({RawCodec.name, (codec or RawCodec()).name})
         self.slots = ConnectionSlots(self.settings.max_clients, self.settings.max_clients_per_address)
         self.budget = ByteBudget(self.settings.max_inflight_bytes)
+        self.payload_pool = PayloadPool(self.settings.idle_buffer_bytes)
         self.frame_timeouts = Timeouts(idle_s=self.settings.idle_timeout_s, frame_s=self.settings.io_timeout_s,
                                        min_rate_bps=self.settings.min_rate_bps)
-        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.jobs: queue.Queue[Job | None] | BatchQueue = (
+            BatchQueue(self.settings.max_batch, self.settings.max_wait_s) if self.settings.batching
+            else queue.Queue())
+        self.history: deque[BatchRun] = deque(maxlen=100_000)
         self.stop_event = threading.Event()
         self.served = 0
         self.rejected_frames = 0
@@ -176,7 +191,10 @@ class EdgeServer:
                 self._turn_away(conn, refusal)
                 continue
             threading.Thread(target=self._serve_connection, args=(conn, addr), daemon=True).start()
-        self.jobs.put(None)
+        if isinstance(self.jobs, BatchQueue):
+            self.jobs.close()
+        else:
+            self.jobs.put(None)
         worker.join(timeout=5)
 
     def stop(self) -> None:
@@ -206,7 +224,8 @@ class EdgeServer:
                 conn.settimeout(self.settings.handshake_timeout_s)  # the whole TLS handshake
                 conn = self.settings.tls.wrap_socket(conn, server_side=True)
             auth = FrameAuth.server(self.settings.secret) if self.settings.secret else None
-            connection = Connection(conn, FrameReader(conn, self.settings.limits, auth, self.budget), auth)
+            connection = Connection(conn, FrameReader(conn, self.settings.limits, auth, self.budget,
+                                                          self.payload_pool), auth)
             self._handshake(connection, deadline)
             while not self.stop_event.is_set():
                 frame = connection.reader.read(allowed=(Kind.REQUEST, Kind.PROBE), check=self._check_header,
@@ -282,7 +301,7 @@ class EdgeServer:
             raise FrameError(f"cannot decode the request: {exc}") from None
         decode_s = time.perf_counter() - t0
         batch = signature.check(values, self.settings.max_batch)
-        job = Job(request.cut, values, request.t, time.perf_counter(), self.jobs.qsize())
+        job = Job(request.cut, values, request.t, time.perf_counter(), self.jobs.qsize(), rows=batch)
         self.jobs.put(job)
         logits, report = job.future.result()
         report = dataclasses.replace(report, decode_s=decode_s, handled_s=time.perf_counter() - received)
@@ -322,45 +341,64 @@ class EdgeServer:
     # --- compute ----------------------------------------------------------------------------
     def _compute_loop(self) -> None:
         while True:
-            job = self.jobs.get()
-            if job is None:
+            jobs = self._next_batch()
+            if jobs is None:
                 return
             try:
-                job.future.set_result(self._compute(job))
+                for job, result in zip(jobs, self._compute(jobs)):
+                    job.future.set_result(result)
             except Exception as exc:  # a bad request must not kill the server
                 log.exception("tail failed")
-                job.future.set_exception(PeerError(f"the server failed to run the tail: {exc}"))
+                for job in jobs:
+                    job.future.set_exception(PeerError(f"the server failed to run the tail: {exc}"))
+
+    def _next_batch(self) -> list[Job] | None:
+        if isinstance(self.jobs, BatchQueue):
+            return self.jobs.take()
+        job = self.jobs.get()
+        return None if job is None else [job]
 
     def _load_now(self, t: Any) -> ServerReport:
         """What a request arriving at scenario time ``t`` would meet: batch, slowdown, the jobs
         queued now and the recent mean queueing delay."""
         t = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0
-        return ServerReport(batch_size=self.load.batch_at(t), queue_len=self.jobs.qsize(),
-                            slowdown=self.load.slowdown_at(t), queue_s=self.recent_queue_s)
+        queued = self.jobs.qsize()
+        return ServerReport(batch_size=self.load.batch_at(t), queue_len=queued,
+                            slowdown=self.load.slowdown_at(t), queue_s=self.recent_queue_s, queued_now=queued)
 
-    def _compute(self, job: Job) -> tuple[torch.Tensor, ServerReport]:
+    def _compute(self, jobs: list[Job]) -> list[tuple[torch.Tensor, ServerReport]]:
+        """Run the tail once on the jobs' values (one cut); each job's logits and report."""
         started = time.perf_counter()
-        queue_s = started - job.enqueued
-        tail, _ = self.tails.get(job.cut_index)
-        batch = next((v.shape[0] for v in job.values if isinstance(v, torch.Tensor)), 1)
-        copies = self.load.batch_at(job.t_scenario)
+        first = jobs[0]
+        tail, _ = self.tails.get(first.cut_index)
+        rows = sum(job.rows for job in jobs)
+        copies = self.load.batch_at(first.t_scenario)
         device = self.tails.device
         inputs = tuple(v.to(device) if isinstance(v, torch.Tensor) else v
-                       for v in batched(job.values, batch, copies))
+                       for v in batched(concatenate(jobs), rows, copies))
         with torch.inference_mode():
             output = tail(inputs)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         tail_s = time.perf_counter() - started
-        slowdown = self.load.slowdown_at(job.t_scenario)
+        slowdown = self.load.slowdown_at(first.t_scenario)
         if slowdown > 1.0:
             precise_sleep((slowdown - 1.0) * tail_s)
         server_s = time.perf_counter() - started
-        self.served += 1
-        self.recent_queue_s += RECENT_QUEUE_WEIGHT * (queue_s - self.recent_queue_s)
-        report = ServerReport(batch_size=copies, queue_len=job.queue_len, slowdown=slowdown, queue_s=queue_s,
-                              tail_s=tail_s, server_s=server_s)
-        return output[:batch].to("cpu").float(), report
+        output = output[:rows].to("cpu").float()
+        queued = self.jobs.qsize()
+        self.history.append(BatchRun(started, server_s, rows * copies, len(jobs), queued, first.cut_index))
+        answers, offset = [], 0
+        for job in jobs:
+            queue_s = started - job.enqueued
+            self.served += 1
+            self.recent_queue_s += RECENT_QUEUE_WEIGHT * (queue_s - self.recent_queue_s)
+            report = ServerReport(batch_size=rows * copies, queue_len=job.queue_len, slowdown=slowdown,
+                                  queue_s=queue_s, tail_s=tail_s, server_s=server_s, batch_requests=len(jobs),
+                                  queued_now=queued)
+            answers.append((output[offset : offset + job.rows], report))
+            offset += job.rows
+        return answers
 
 
 def _close_gracefully(sock: socket.socket, linger_s: float = 1.0, max_bytes: int = 1 << 20) -> None:

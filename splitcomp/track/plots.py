@@ -155,3 +155,32 @@ def log_run_plots(tracker: Any, records: Sequence[Mapping[str, Any]], uplink: An
 def log_latency_cdf(tracker: Any, records_by_policy: Mapping[str, Sequence[Mapping[str, Any]]],
                     out_dir: Path) -> Path:
     return _save_and_log(tracker, cdf_figure(records_by_policy), out_dir, "latency_cdf.png")
+
+
+def fleet_figure(figures_by_policy: Mapping[str, Any], timelines: Mapping[str, tuple]) -> Any:
+    """Four panels comparing policies on a fleet: each device's mean latency (sorted), the
+    server's batch-size distribution, and its utilisation and throughput over time."""
+    fig, ((ax_dev, ax_batch), (ax_util, ax_rate)) = plt.subplots(2, 2, figsize=(11, 7))
+    for name, figures in figures_by_policy.items():
+        means = sorted(d.latency_ms_mean for d in figures.devices)
+        ax_dev.plot(range(len(means)), means, label=f"{name} (worst/mean {figures.worst_device_over_fleet_mean:.2f})")
+        sizes = figures.batch_sizes
+        if sizes:
+            ax_batch.plot(list(sizes), list(sizes.values()), "o-", label=name, ms=3)
+        edges, utilisation, rate = timelines.get(name, (np.zeros(0),) * 3)
+        ax_util.plot(edges, utilisation, label=name)
+        ax_rate.plot(edges, rate, label=name)
+    ax_dev.set_xlabel("device (sorted)")
+    ax_dev.set_ylabel("mean latency (ms)")
+    ax_batch.set_xlabel("requests per batch")
+    ax_batch.set_ylabel("batches")
+    ax_batch.set_yscale("log")
+    ax_util.set_xlabel("time (s)")
+    ax_util.set_ylabel("server utilisation")
+    ax_rate.set_xlabel("time (s)")
+    ax_rate.set_ylabel("requests served per s")
+    for ax in (ax_dev, ax_batch, ax_util, ax_rate):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,1 @@
+"""Fleets: many devices, each with its own channel, arrivals and policy, sharing one edge server."""

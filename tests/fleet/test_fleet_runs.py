@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from splitcomp.fleet.metrics import fleet_figures
+from splitcomp.fleet.real import HeadCache, run_real_fleet
+from splitcomp.fleet.scenario import FleetSpec, device_envs
+from splitcomp.fleet.sim import BatchServerModel, simulate_fleet
+from splitcomp.fleet.workload import build_fleet_workload
+from splitcomp.policy.estimators import EwmaEstimator
+from splitcomp.policy.fleet_aware import FleetAware
+from splitcomp.policy.simple import ServerOnly
+from splitcomp.profile.latency import CutProfile, LatencyModel
+from splitcomp.runtime.server import ServerSettings
+
+TRACE = "../shared/traces/multipath_wireless_aydini/7_1_cellular.csv"
+
+
+def _cut(index=0):
+    return CutProfile(index, f"c{index}", 1000, 40, {1: 0.001}, {1: 0.010, 2: 0.012, 4: 0.016})
+
+
+def test_requests_of_one_cut_within_max_wait_share_a_batch():
+    server = BatchServerModel(max_batch=4, max_wait_s=0.005)
+    queue_a, server_a, report_a = server.submit(_cut(), 1.000)
+    queue_b, server_b, report_b = server.submit(_cut(), 1.003)
+    assert len(server.batches) == 1 and server.batches[0].size == 2
+    assert queue_a == pytest.approx(0.005) and queue_b == pytest.approx(0.002)  # the batch closes at 1.005
+    assert report_b.batch_requests == 2 and server_b == pytest.approx(0.012)
+    server.submit(_cut(1), 1.004)  # another cut: its own batch, behind the first
+    assert server.batches[1].start == pytest.approx(1.005 + 0.012)
+
+
+def test_without_batching_requests_run_one_after_another():
+    server = BatchServerModel(batching=False)
+    server.submit(_cut(), 1.0)
+    queue_s, _, _ = server.submit(_cut(), 1.001)
+    assert len(server.batches) == 2 and queue_s == pytest.approx(0.009)
+
+
+def test_a_busy_server_lets_a_batch_grow_beyond_max_wait():
+    server = BatchServerModel(max_batch=8, max_wait_s=0.001)
+    server.submit(_cut(1), 0.0)  # busy until 0.011
+    for t in (0.002, 0.005, 0.009):
+        server.submit(_cut(), t)
+    assert [b.size for b in server.batches] == [1, 3]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return build_fleet_workload(device_slowdown=4, width=16, batch_sizes=(1, 2, 4), repeats=2)
+
+
+def _envs(work, devices, requests, policy):
+    spec = FleetSpec(devices=devices, traces=(TRACE,), rate_hz=20.0, requests=requests, window_spacing_s=10.0)
+    return device_envs(spec, list(work.profiles.cuts), LatencyModel(work.profiles), policy, EwmaEstimator)
+
+
+def test_a_simulated_fleet_interleaves_devices_on_one_server(small):
+    server = BatchServerModel(max_batch=8, max_wait_s=0.002)
+    records = simulate_fleet(_envs(small, 20, 30, ServerOnly), server)
+    assert [len(r) for r in records] == [30] * 20
+    figures = fleet_figures(records, server.history())
+    assert figures.requests == 600 and sum(figures.batch_sizes.values()) == len(server.batches)
+    assert figures.batch_size_mean > 1.0  # twenty devices at 20 requests/s share batches
+
+
+def test_emulated_devices_send_the_real_head_output_and_get_exact_answers(small):
+    images = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(s))
+              for s in range(3)]
+    cuts = [c.index for c in small.profiles.cuts]
+    cache = HeadCache(small.model, small.plan, images, cuts)
+    for cut in cuts:  # the cache holds what the head computes
+        head, _ = small.plan.split(small.plan.cuts[cut])
+        with torch.inference_mode():
+            assert all(torch.equal(a, b) for a, b in zip(cache.head(cut, images[1].unsqueeze(0)),
+                                                         head(images[1].unsqueeze(0))))
+    result = run_real_fleet(_envs(small, 2, 6, lambda: FleetAware(margin=0.9)), small.model, small.plan,
+                            small.example, small.fingerprint, small.codec, images,
+                            ServerSettings(batching=True, max_batch=8, max_wait_s=0.002), cache=cache)
+    offloaded = [r for device in result.records for r in device if r.bytes_up > 0]
+    assert [len(r) for r in result.records] == [6, 6] and offloaded
+    by_name = {c.name: c for c in small.profiles.cuts}
+    for record in offloaded:
+        assert not record.fallback and record.prediction == record.reference  # the server ran the real tensor
+        assert record.bytes_up > by_name[record.cut_name].bytes_up  # the whole tensor crossed, with its frame
+        assert record.device_s == pytest.approx(by_name[record.cut_name].head_at(1), abs=2e-3)
+    assert sum(b.requests for b in result.batches) == len(offloaded)
