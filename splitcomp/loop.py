@@ -27,6 +27,13 @@ exchange is a failed exchange: the device finishes the model itself, and every s
 before is inside the request's latency. A server that refuses the device's model in the
 handshake (:class:`~splitcomp.runtime.client.HandshakeError`) ends the run instead.
 
+**Deadline-aware give-up.** For policies that read the rate estimate (and with
+``RunEnv.give_up``), each upload carries a :class:`~splitcomp.link.shaping.GiveUp` rule: once it
+runs past the time it should take at the estimate (with some slack), it is abandoned as soon as the rate seen so
+far says the rest of it would take longer than the device needs to finish the request alone. The
+request then falls back (counted in ``fallbacks``) and the abandoned upload informs the estimate,
+as at a deadline.
+
 **Probes.** Only policies that read the rate estimate (``Policy.needs_rate_estimate``) probe.
 When the estimate will be stale at the next request's due time (``estimator.needs_probe``),
 the device sends ``estimator.probe_bytes`` of filler and the server acknowledges it with its
@@ -53,6 +60,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from splitcomp.errors import ConfigError
+from splitcomp.link.shaping import GiveUp
 from splitcomp.policy.base import DecisionContext, Policy, device_only_index
 from splitcomp.policy.estimators import InFlight, RateEstimator, capped
 from splitcomp.profile.latency import CutProfile, LatencyBreakdown, LatencyModel
@@ -62,6 +70,10 @@ from splitcomp.scenario.arrivals import Arrivals
 from splitcomp.scenario.trace import Trace
 
 RTT_WEIGHT = 0.5  # EWMA weight of the newest RTT sample
+# an upload counts as slower than expected past this multiple of its time at the estimate, plus
+# GIVE_UP_MIN_S (the pacer's timing jitter): estimates are never exact
+GIVE_UP_SLACK = 1.5
+GIVE_UP_MIN_S = 0.002
 
 
 @dataclass
@@ -91,6 +103,7 @@ class RunEnv:
     probe_timeout_s: float | None = None
     probes: bool = True
     sim_options: dict[str, Any] = field(default_factory=dict)
+    give_up: bool = True  # deadline-aware give-up of slow uploads (policies that read the estimate)
 
     def check(self) -> None:
         """Refuse an environment no run can use, in one sentence."""
@@ -139,6 +152,7 @@ class Job:
     index: int
     cut: CutProfile
     deadline_s: float
+    give_up: GiveUp | None = None  # abandon the upload earlier when the device would finish sooner
 
 
 @dataclass
@@ -316,6 +330,16 @@ class RequestLoop:
             true_rtt_s=self.env.rtt_s,
         )
 
+    def _give_up(self, cut: CutProfile, rate_estimate_bps: float | None) -> GiveUp | None:
+        """The give-up rule of an upload at ``cut`` chosen with ``rate_estimate_bps`` (see the
+        module docstring), or None when it does not apply."""
+        if not (self.env.give_up and self.env.policy.needs_rate_estimate) or cut.is_device_only:
+            return None
+        rate = rate_estimate_bps or 0.0
+        expected_s = 8.0 * self.env.latency_model.request_bytes(cut) / rate if rate > 0 else 0.0
+        device_rest_s = max(0.0, self.candidates[self.device_only].head_at(1) - cut.head_at(1))
+        return GiveUp(after_s=GIVE_UP_SLACK * expected_s + GIVE_UP_MIN_S, device_rest_s=device_rest_s)
+
     def _request(self, i: int, t_due: float, prev_done: float, probe: _Probe | None) -> RequestRecord:
         t_start = self.backend.now()
         ctx = self.context(t_start)
@@ -324,7 +348,7 @@ class RequestLoop:
         cut = self.candidates[choice]
         predicted = self.env.latency_model.predict(cut, ctx.rate_estimate_bps, load=ctx.load,
                                                    rtt_s=ctx.rtt_estimate_s)
-        served = self.backend.serve(Job(i, cut, self.env.timeout_s))
+        served = self.backend.serve(Job(i, cut, self.env.timeout_s, self._give_up(cut, ctx.rate_estimate_bps)))
         self._learn(served.upload, served.report, served.t_done)
         fallback = served.failed or not reachable
         self.stats.fallbacks += fallback

@@ -184,9 +184,42 @@ def test_probes_recover_a_stale_estimate_after_a_dip():
 def test_open_transfers_stop_a_stale_estimate_from_flooding_an_outage():
     outage = step([[0, 100e6], [5, 0.0], [10, 100e6]], duration=20)
     stats = {}
-    records = simulate_env(env(outage, n=150), stats=stats)
+    records = simulate_env(env(outage, n=150, give_up=False), stats=stats)
     assert 1 <= stats["fallbacks"] <= 3  # only the requests sent before the first one got stuck
     assert all(r["cut_name"] == "output" for r in records if 5.5 < r["t_start"] < 10)
+
+
+def test_an_upload_into_an_outage_is_given_up_when_the_device_would_finish_sooner():
+    """The deadline-aware give-up: a request sent into the outage stops waiting for the link a few
+    milliseconds after its upload should have ended, not at the 1 s deadline."""
+    outage = step([[0, 100e6], [5, 0.0], [10, 100e6]], duration=20)
+    stats, patient = {}, {}
+    records = simulate_env(env(outage, n=150, estimator=EwmaEstimator(max_age_s=0.5, fast_drop=True)), stats=stats)
+    waited = simulate_env(env(outage, n=150, give_up=False), stats=patient)
+    given_up = [r for r in records if r["fallback"]]
+    assert given_up and stats["fallbacks"] == len(given_up)
+    for r in given_up:
+        assert 4.9 <= r["t_start"] < 10
+        # nothing through when the upload should have ended (1.5 x 12 ms + 2 ms, after the 5 ms
+        # one-way delay): even the chunk in flight could not make the rest beat the device
+        assert r["uplink_s"] == pytest.approx(0.005 + 1.5 * 8 * 150_040 / 100e6 + 0.002, abs=0.002)
+        assert r["latency_s"] - r["wait_s"] - r["probe_s"] == pytest.approx(r["uplink_s"] + r["device_s"] + r["encode_s"])
+    assert len(given_up) == 1  # fast drop: the abandoned upload's rate (0) is the next estimate
+    assert latencies(records).max() < 0.2 < latencies(waited).max()
+    assert latencies(records).mean() < latencies(waited).mean()
+
+
+def test_a_slow_upload_is_given_up_only_when_finishing_alone_is_sooner():
+    """A rate 5x lower than estimated: the full input (150 kB) is given up once its rest at the rate
+    seen beats the device's; a small upload (one chunk) that could still beat the device goes on."""
+    from splitcomp.link.shaping import GiveUp, pace
+
+    slow = Trace([0.0], [10e6], 10.0)  # estimated 50 Mbit/s: uploads should take 5x less
+    full = pace(slow, 150_000, 0.0, 1.0, give_up=GiveUp(after_s=1.5 * 8 * 150_000 / 50e6, device_rest_s=0.080))
+    late = pace(slow, 4_000, 0.0, 1.0, give_up=GiveUp(after_s=1.5 * 8 * 4_000 / 50e6, device_rest_s=0.020))
+    assert full.stopped == "give_up" and full.end_t == pytest.approx(0.036)
+    assert full.carried_bytes == pytest.approx(10e6 * 0.036 / 8)
+    assert late.stopped is None and late.end_t == pytest.approx(8 * 4_000 / 10e6)
 
 
 def test_outages_end_in_a_timeout_and_a_fallback():
