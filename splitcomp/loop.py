@@ -36,8 +36,10 @@ as at a deadline.
 
 **Probes.** Only policies that read the rate estimate (``Policy.needs_rate_estimate``) probe.
 When the estimate will be stale at the next request's due time (``estimator.needs_probe``),
-the device sends ``estimator.probe_bytes`` of filler and the server acknowledges it with its
-report; at most one probe per ``estimator.max_age_s``. A probe starts as late as it can while
+the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
+cross within a quarter of the probe's deadline) and the server acknowledges it with its
+report; at most one probe per ``estimator.max_age_s``, and while the device is behind its
+requests only once the estimate is ``BUSY_PROBE_AGES`` max ages old. A probe starts as late as it can while
 still ending by the due time if it succeeds within its deadline (``probe_timeout_s`` before the
 due time, or when the device becomes free if that is later), so it costs a request nothing
 unless it runs past the due time: that overrun is the request's ``probe_s``. A probe that has not
@@ -74,6 +76,8 @@ RTT_WEIGHT = 0.5  # EWMA weight of the newest RTT sample
 # GIVE_UP_MIN_S (the pacer's timing jitter): estimates are never exact
 GIVE_UP_SLACK = 1.5
 GIVE_UP_MIN_S = 0.002
+MIN_PROBE_BYTES = 1024  # a probe sized to a low estimate still carries this much
+BUSY_PROBE_AGES = 4  # a device behind its requests probes only once the estimate is this many max ages old
 
 
 @dataclass
@@ -291,10 +295,12 @@ class RequestLoop:
         now = backend.now()
         if now - self.last_probe_t < estimator.max_age_s or not backend.reachable():
             return None
+        if now > t_due and now - self.last_probe_t < BUSY_PROBE_AGES * estimator.max_age_s:
+            return None  # the device is behind: a probe now would hold a late request back further
         t_probe = max(now, t_due - self.probe_deadline_s)
         backend.wait_until(t_probe)
         self.last_probe_t = t_probe
-        result = backend.probe(estimator.probe_bytes, self.probe_deadline_s)
+        result = backend.probe(self._probe_bytes(t_probe), self.probe_deadline_s)
         self.stats.probes += 1
         self._learn(result.upload, result.report, result.t_done)
         if result.report is None:
@@ -303,6 +309,17 @@ class RequestLoop:
             old = self.rtt_estimate_s
             self.rtt_estimate_s = result.rtt_s if old is None else RTT_WEIGHT * result.rtt_s + (1 - RTT_WEIGHT) * old
         return _Probe(t_probe, result.t_done)
+
+    def _probe_bytes(self, t: float) -> int:
+        """``estimator.probe_bytes``, fewer when the estimate says they would not cross within a
+        quarter of the probe's deadline (a probe that times out measures little and holds
+        requests back): at least ``MIN_PROBE_BYTES``."""
+        full = self.env.estimator.probe_bytes
+        estimate = capped(self.env.estimator.estimate(t), self.in_flight.cap_bps(t))
+        if not estimate:
+            return full
+        fits = int(estimate * self.probe_deadline_s / 4 / 8)
+        return max(min(full, MIN_PROBE_BYTES), min(full, fits))
 
     def _learn(self, upload: Transfer | None, report: ServerReport | None, t_known: float) -> None:
         """What an exchange taught the device: a completed upload measures the rate and clears

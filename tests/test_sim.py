@@ -291,7 +291,7 @@ def test_a_device_that_stopped_offloading_learns_from_probes_when_the_load_drops
 def test_a_probe_that_runs_past_the_due_time_is_inside_the_request():
     """Dynamic on a channel too slow for a probe within its deadline: each probe costs the
     request due meanwhile, and the time adds up."""
-    slow = Trace([0.0], [0.2e6], 30.0)  # a 16 kB probe needs 0.65 s
+    slow = Trace([0.0], [0.02e6], 30.0)  # a 16 kB probe needs 6.5 s, the smallest (1 kB) 0.4 s
     stats = {}
     records = simulate_env(env(slow, n=40, arrivals=ClosedLoop(), estimator=EwmaEstimator(max_age_s=0.5)),
                            stats=stats)
@@ -301,3 +301,12 @@ def test_a_probe_that_runs_past_the_due_time_is_inside_the_request():
     for r in held:  # closed loop: the probe starts when the request is due and runs to its deadline
         assert r["probe_s"] == pytest.approx(DEVICE_ONLY_S)
         assert r["latency_s"] == pytest.approx(r["probe_s"] + r["device_s"])
+
+
+def test_probes_shrink_to_what_the_estimate_says_can_cross_in_time():
+    """After a 16 kB probe timed out on a 0.2 Mbit/s channel, the next ones carry what crosses in
+    a quarter of their deadline at the rate measured, and succeed."""
+    slow = Trace([0.0], [0.2e6], 30.0)
+    stats = {}
+    simulate_env(env(slow, n=40, arrivals=ClosedLoop(), estimator=EwmaEstimator(max_age_s=0.5)), stats=stats)
+    assert stats["probes"] >= 5 and stats["failed_probes"] == 1
