@@ -264,6 +264,14 @@ def changing(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["policies"]["oracle"]["top_cut_share"] < 0.95]
 
 
+def beats_where_it_matters(rows: list[dict], margin: float = 0.05) -> dict:
+    """Dynamic against best_static in the windows where the oracle beats best_static by more than
+    ``margin`` (a changing best cut that is worth following), for the report (not a target)."""
+    worth = [r for r in rows if r["policies"]["best_static"]["mean_s"] > (1 + margin) * r["policies"]["oracle"]["mean_s"]]
+    wins = [r["policies"]["dynamic"]["mean_s"] < r["policies"]["best_static"]["mean_s"] for r in worth]
+    return {"margin": margin, "windows": len(worth), "share": float(np.mean(wins)) if wins else None}
+
+
 def summarise(rows: list[dict]) -> dict[str, dict]:
     """Per trace kind, per load and per device: each policy's mean and p95 ratio to the oracle."""
     names = list(rows[0]["policies"])
@@ -354,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     targets = compute_targets(rows)
     for t in targets:
         print(f"target {t['name']}: {t['value']:.3f} {t['op']} {t['target']} ({t['windows']} windows)")
+    worth = beats_where_it_matters(rows)
+    print(f"dynamic beats best_static in {worth['share']} of the {worth['windows']} test windows where the oracle "
+          f"beats best_static by more than {worth['margin']:.0%}")
     socket = socket_part(args) if args.socket else {"status": "not requested"}
     for t in socket.get("result", {}).get("targets", []):
         targets.append(t)
@@ -364,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             "tuning_traces": [{"kind": k, "file": f} for k, f in TUNING],
             "test_traces": [{"kind": k, "file": f} for k, f in TEST],
             "tuned": dataclasses.asdict(tuned), "default": dataclasses.asdict(DEFAULT), "search": search_log,
-            "wall_s": wall, "summary": table, "rows": rows, "socket": socket, "targets": targets,
+            "wall_s": wall, "summary": table, "dynamic_beats_best_static_where_it_matters": worth, "rows": rows, "socket": socket, "targets": targets,
         }, indent=1, default=str))
     return 0
 
