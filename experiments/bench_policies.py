@@ -328,18 +328,18 @@ def socket_part(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer and shorter windows (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter windows (about 2 minutes here)")
     parser.add_argument("--json", type=Path, help="write the raw figures and targets here")
     parser.add_argument("--profiles", type=Path, default=PROFILES, help="a measured profiles JSON")
     parser.add_argument("--socket", action="store_true", help="also replay on the real socket runtime")
-    parser.add_argument("--window", type=float, help="window length in seconds (default 30, quick 20)")
-    parser.add_argument("--windows-per-trace", type=int, help="windows per trace (default 4, quick 2)")
+    parser.add_argument("--window", type=float, help="window length in seconds (default 60, quick 30)")
+    parser.add_argument("--windows-per-trace", type=int, help="windows per trace (default 6, quick 4)")
     parser.add_argument("--delay", type=float, default=0.01, help="true one-way delay in seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    args.window = args.window or (20.0 if args.quick else 30.0)
-    args.windows_per_trace = args.windows_per_trace or (2 if args.quick else 4)
+    args.window = args.window or (30.0 if args.quick else 60.0)
+    args.windows_per_trace = args.windows_per_trace or (4 if args.quick else 6)
     progress = not args.no_progress
 
     if not TRACES_DIR.is_dir():

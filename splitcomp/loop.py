@@ -38,8 +38,7 @@ as at a deadline.
 When the estimate will be stale at the next request's due time (``estimator.needs_probe``),
 the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
 cross within a quarter of the probe's deadline) and the server acknowledges it with its
-report; at most one probe per ``estimator.max_age_s``, and while the device is behind its
-requests only once the estimate is ``BUSY_PROBE_AGES`` max ages old. A probe starts as late as it can while
+report; at most one probe per ``estimator.max_age_s``. A probe starts as late as it can while
 still ending by the due time if it succeeds within its deadline (``probe_timeout_s`` before the
 due time, or when the device becomes free if that is later), so it costs a request nothing
 unless it runs past the due time: that overrun is the request's ``probe_s``. A probe that has not
@@ -77,7 +76,6 @@ RTT_WEIGHT = 0.5  # EWMA weight of the newest RTT sample
 GIVE_UP_SLACK = 1.5
 GIVE_UP_MIN_S = 0.002
 MIN_PROBE_BYTES = 1024  # a probe sized to a low estimate still carries this much
-BUSY_PROBE_AGES = 4  # a device behind its requests probes only once the estimate is this many max ages old
 
 
 @dataclass
@@ -295,8 +293,6 @@ class RequestLoop:
         now = backend.now()
         if now - self.last_probe_t < estimator.max_age_s or not backend.reachable():
             return None
-        if now > t_due and now - self.last_probe_t < BUSY_PROBE_AGES * estimator.max_age_s:
-            return None  # the device is behind: a probe now would hold a late request back further
         t_probe = max(now, t_due - self.probe_deadline_s)
         backend.wait_until(t_probe)
         self.last_probe_t = t_probe
