@@ -38,7 +38,8 @@ as at a deadline.
 When the estimate will be stale at the next request's due time (``estimator.needs_probe``),
 the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
 cross within a quarter of the probe's deadline) and the server acknowledges it with its
-report; at most one probe per ``estimator.max_age_s``. A probe starts as late as it can while
+report; at most one probe per ``estimator.max_age_s`` (per ``HOPELESS_PROBE_AGES`` of them while
+no offloading cut would pay even at ``PROBE_UPSIDE`` times the estimate). A probe starts as late as it can while
 still ending by the due time if it succeeds within its deadline (``probe_timeout_s`` before the
 due time, or when the device becomes free if that is later), so it costs a request nothing
 unless it runs past the due time: that overrun is the request's ``probe_s``. A probe that has not
@@ -76,6 +77,8 @@ RTT_WEIGHT = 0.5  # EWMA weight of the newest RTT sample
 GIVE_UP_SLACK = 1.5
 GIVE_UP_MIN_S = 0.002
 MIN_PROBE_BYTES = 1024  # a probe sized to a low estimate still carries this much
+PROBE_UPSIDE = 4.0  # a rate this many times the estimate is within reach of the next probe
+HOPELESS_PROBE_AGES = 4  # probe this many times less often while offloading could not pay at that rate
 
 
 @dataclass
@@ -293,6 +296,8 @@ class RequestLoop:
         now = backend.now()
         if now - self.last_probe_t < estimator.max_age_s or not backend.reachable():
             return None
+        if not self._offloading_could_pay(now) and now - self.last_probe_t < HOPELESS_PROBE_AGES * estimator.max_age_s:
+            return None
         t_probe = max(now, t_due - self.probe_deadline_s)
         backend.wait_until(t_probe)
         self.last_probe_t = t_probe
@@ -305,6 +310,18 @@ class RequestLoop:
             old = self.rtt_estimate_s
             self.rtt_estimate_s = result.rtt_s if old is None else RTT_WEIGHT * result.rtt_s + (1 - RTT_WEIGHT) * old
         return _Probe(t_probe, result.t_done)
+
+    def _offloading_could_pay(self, t: float) -> bool:
+        """Whether some offloading cut would beat device-only (as the latency model predicts under
+        the last reported load) at ``PROBE_UPSIDE`` times the rate estimate: if not, a probe is
+        unlikely to change any choice, and the device probes ``HOPELESS_PROBE_AGES`` times less often."""
+        estimate = capped(self.env.estimator.estimate(t), self.in_flight.cap_bps(t))
+        if not estimate:
+            return True
+        model, rtt = self.env.latency_model, self.rtt_estimate_s
+        alone = self.candidates[self.device_only].head_at(1)
+        return any(model.predict(cut, PROBE_UPSIDE * estimate, load=self.load, rtt_s=rtt).total_s < alone
+                   for cut in self.candidates if not cut.is_device_only)
 
     def _probe_bytes(self, t: float) -> int:
         """``estimator.probe_bytes``, fewer when the estimate says they would not cross within a
