@@ -3,8 +3,8 @@
 # TCP link -> edge-server process), as one Hydra multirun with the joblib launcher; then the sweep's
 # summary table and plots with splitcomp-report. Every job is an MLflow run under one parent run.
 #
-#   bash experiments/trace_replay.sh --quick          # 2 traces x 2 loads x 4 policies, ~5 min
-#   bash experiments/trace_replay.sh                  # 5 traces x 3 loads x 4 policies
+#   bash experiments/trace_replay.sh --quick          # 2 traces x 2 loads x 5 policies, ~6 min
+#   bash experiments/trace_replay.sh                  # 5 traces x 3 loads x 5 policies
 #   bash experiments/trace_replay.sh --quick tracking.uri=http://HOST:5000 hydra.launcher.n_jobs=4
 #
 # Extra arguments are Hydra overrides for every job (tracking.* ones also reach the report).
@@ -19,7 +19,7 @@ mode=full
 if [[ "${1:-}" == "--quick" ]]; then mode=quick; shift; fi
 
 experiment="trace_replay_${mode}"
-policies="dynamic,device_only,server_only,oracle"
+policies="dynamic,device_only,server_only,best_static,oracle"
 if [[ $mode == quick ]]; then
   channels="lte_driving,hsdpa_bus"
   loads="none,batch"

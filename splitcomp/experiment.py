@@ -108,7 +108,8 @@ def log_comparison(tracker: Any, results: dict[str, PolicyResult], main_name: st
         m = result.metrics
         row = {"policy": name, "requests": m.get("requests"), "latency_ms_mean": m.get("latency_ms_mean"),
                "latency_ms_p95": m.get("latency_ms_p95"), "agreement": m.get("agreement"),
-               "bytes_sent_mean": m.get("bytes_sent_mean")}
+               "bytes_sent_mean": m.get("bytes_sent_mean"),
+               "cut_shares": {k.removeprefix("share_cut_"): v for k, v in m.items() if k.startswith("share_cut_")}}
         if oracle:
             row["mean_over_oracle"] = m.get("latency_ms_mean", float("nan")) / oracle
         rows.append(row)
@@ -129,8 +130,19 @@ def print_summary(tracker: Any, main: PolicyResult, comparison: list[dict[str, A
             ratio = row.get("mean_over_oracle")
             print(f"{row['policy']:<14} {row['latency_ms_mean']:8.1f} {row['latency_ms_p95']:8.1f} "
                   f"{'' if ratio is None else f'{ratio:8.2f}':>9}  {row.get('agreement') if row.get('agreement') is not None else '-'}")
+        print_cut_shares(comparison)
     accuracy = m.get("accuracy")
     print(f"\nrun {tracker.run_id}: {int(m['requests'])} requests, latency mean {m['latency_ms_mean']:.1f} ms "
           f"(p95 {m['latency_ms_p95']:.1f}), agreement {m.get('agreement', float('nan')):.3f}"
           + (f", accuracy {accuracy:.3f}" if accuracy is not None else "")
           + f"; view it with: mlflow ui --backend-store-uri {tracking.uri}")
+
+
+def print_cut_shares(comparison: list[dict]) -> None:
+    """The share of each policy's requests per cut (in the candidates' order as first seen)."""
+    cuts = list(dict.fromkeys(cut for row in comparison for cut in row.get("cut_shares", {})))
+    print("\nshare of requests per cut")
+    print(f"{'policy':<14} " + " ".join(f"{cut[:12]:>12}" for cut in cuts))
+    for row in comparison:
+        shares = row.get("cut_shares", {})
+        print(f"{row['policy']:<14} " + " ".join(f"{shares.get(cut, 0.0):12.2f}" for cut in cuts))

@@ -27,10 +27,19 @@ exchange is a failed exchange: the device finishes the model itself, and every s
 before is inside the request's latency. A server that refuses the device's model in the
 handshake (:class:`~splitcomp.runtime.client.HandshakeError`) ends the run instead.
 
+**Deadline-aware give-up.** For policies that read the rate estimate (and with
+``RunEnv.give_up``), each upload carries a :class:`~splitcomp.link.shaping.GiveUp` rule: once it
+runs past the time it should take at the estimate (with some slack), it is abandoned as soon as the rate seen so
+far says the rest of it would take longer than the device needs to finish the request alone. The
+request then falls back (counted in ``fallbacks``) and the abandoned upload informs the estimate,
+as at a deadline.
+
 **Probes.** Only policies that read the rate estimate (``Policy.needs_rate_estimate``) probe.
 When the estimate will be stale at the next request's due time (``estimator.needs_probe``),
-the device sends ``estimator.probe_bytes`` of filler and the server acknowledges it with its
-report; at most one probe per ``estimator.max_age_s``. A probe starts as late as it can while
+the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
+cross within a quarter of the probe's deadline) and the server acknowledges it with its
+report; at most one probe per ``estimator.max_age_s`` (per ``HOPELESS_PROBE_AGES`` of them while
+no offloading cut would pay even at ``PROBE_UPSIDE`` times the estimate). A probe starts as late as it can while
 still ending by the due time if it succeeds within its deadline (``probe_timeout_s`` before the
 due time, or when the device becomes free if that is later), so it costs a request nothing
 unless it runs past the due time: that overrun is the request's ``probe_s``. A probe that has not
@@ -53,6 +62,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from splitcomp.errors import ConfigError
+from splitcomp.link.shaping import GiveUp
 from splitcomp.policy.base import DecisionContext, Policy, device_only_index
 from splitcomp.policy.estimators import InFlight, RateEstimator, capped
 from splitcomp.profile.latency import CutProfile, LatencyBreakdown, LatencyModel
@@ -62,6 +72,13 @@ from splitcomp.scenario.arrivals import Arrivals
 from splitcomp.scenario.trace import Trace
 
 RTT_WEIGHT = 0.5  # EWMA weight of the newest RTT sample
+# an upload counts as slower than expected past this multiple of its time at the estimate, plus
+# GIVE_UP_MIN_S (the pacer's timing jitter): estimates are never exact
+GIVE_UP_SLACK = 1.5
+GIVE_UP_MIN_S = 0.002
+MIN_PROBE_BYTES = 1024  # a probe sized to a low estimate still carries this much
+PROBE_UPSIDE = 4.0  # a rate this many times the estimate is within reach of the next probe
+HOPELESS_PROBE_AGES = 4  # probe this many times less often while offloading could not pay at that rate
 
 
 @dataclass
@@ -91,6 +108,7 @@ class RunEnv:
     probe_timeout_s: float | None = None
     probes: bool = True
     sim_options: dict[str, Any] = field(default_factory=dict)
+    give_up: bool = True  # deadline-aware give-up of slow uploads (policies that read the estimate)
 
     def check(self) -> None:
         """Refuse an environment no run can use, in one sentence."""
@@ -139,6 +157,7 @@ class Job:
     index: int
     cut: CutProfile
     deadline_s: float
+    give_up: GiveUp | None = None  # abandon the upload earlier when the device would finish sooner
 
 
 @dataclass
@@ -277,10 +296,12 @@ class RequestLoop:
         now = backend.now()
         if now - self.last_probe_t < estimator.max_age_s or not backend.reachable():
             return None
+        if not self._offloading_could_pay(now) and now - self.last_probe_t < HOPELESS_PROBE_AGES * estimator.max_age_s:
+            return None
         t_probe = max(now, t_due - self.probe_deadline_s)
         backend.wait_until(t_probe)
         self.last_probe_t = t_probe
-        result = backend.probe(estimator.probe_bytes, self.probe_deadline_s)
+        result = backend.probe(self._probe_bytes(t_probe), self.probe_deadline_s)
         self.stats.probes += 1
         self._learn(result.upload, result.report, result.t_done)
         if result.report is None:
@@ -289,6 +310,29 @@ class RequestLoop:
             old = self.rtt_estimate_s
             self.rtt_estimate_s = result.rtt_s if old is None else RTT_WEIGHT * result.rtt_s + (1 - RTT_WEIGHT) * old
         return _Probe(t_probe, result.t_done)
+
+    def _offloading_could_pay(self, t: float) -> bool:
+        """Whether some offloading cut would beat device-only (as the latency model predicts under
+        the last reported load) at ``PROBE_UPSIDE`` times the rate estimate: if not, a probe is
+        unlikely to change any choice, and the device probes ``HOPELESS_PROBE_AGES`` times less often."""
+        estimate = capped(self.env.estimator.estimate(t), self.in_flight.cap_bps(t))
+        if not estimate:
+            return True
+        model, rtt = self.env.latency_model, self.rtt_estimate_s
+        alone = self.candidates[self.device_only].head_at(1)
+        return any(model.predict(cut, PROBE_UPSIDE * estimate, load=self.load, rtt_s=rtt).total_s < alone
+                   for cut in self.candidates if not cut.is_device_only)
+
+    def _probe_bytes(self, t: float) -> int:
+        """``estimator.probe_bytes``, fewer when the estimate says they would not cross within a
+        quarter of the probe's deadline (a probe that times out measures little and holds
+        requests back): at least ``MIN_PROBE_BYTES``."""
+        full = self.env.estimator.probe_bytes
+        estimate = capped(self.env.estimator.estimate(t), self.in_flight.cap_bps(t))
+        if not estimate:
+            return full
+        fits = int(estimate * self.probe_deadline_s / 4 / 8)
+        return max(min(full, MIN_PROBE_BYTES), min(full, fits))
 
     def _learn(self, upload: Transfer | None, report: ServerReport | None, t_known: float) -> None:
         """What an exchange taught the device: a completed upload measures the rate and clears
@@ -316,6 +360,16 @@ class RequestLoop:
             true_rtt_s=self.env.rtt_s,
         )
 
+    def _give_up(self, cut: CutProfile, rate_estimate_bps: float | None) -> GiveUp | None:
+        """The give-up rule of an upload at ``cut`` chosen with ``rate_estimate_bps`` (see the
+        module docstring), or None when it does not apply."""
+        if not (self.env.give_up and self.env.policy.needs_rate_estimate) or cut.is_device_only:
+            return None
+        rate = rate_estimate_bps or 0.0
+        expected_s = 8.0 * self.env.latency_model.request_bytes(cut) / rate if rate > 0 else 0.0
+        device_rest_s = max(0.0, self.candidates[self.device_only].head_at(1) - cut.head_at(1))
+        return GiveUp(after_s=GIVE_UP_SLACK * expected_s + GIVE_UP_MIN_S, device_rest_s=device_rest_s)
+
     def _request(self, i: int, t_due: float, prev_done: float, probe: _Probe | None) -> RequestRecord:
         t_start = self.backend.now()
         ctx = self.context(t_start)
@@ -324,7 +378,7 @@ class RequestLoop:
         cut = self.candidates[choice]
         predicted = self.env.latency_model.predict(cut, ctx.rate_estimate_bps, load=ctx.load,
                                                    rtt_s=ctx.rtt_estimate_s)
-        served = self.backend.serve(Job(i, cut, self.env.timeout_s))
+        served = self.backend.serve(Job(i, cut, self.env.timeout_s, self._give_up(cut, ctx.rate_estimate_bps)))
         self._learn(served.upload, served.report, served.t_done)
         fallback = served.failed or not reachable
         self.stats.fallbacks += fallback

@@ -7,8 +7,9 @@ A request at cut ``c`` started at ``t`` follows the real link step by step: the 
 (``c.head_at(1)``), encoding, then the request frame (:meth:`LatencyModel.request_bytes`)
 crosses the uplink trace after a one-way delay (half the RTT); the server decodes, queues and
 runs the tail under the true load (:class:`~splitcomp.profile.queueing.TrueLoad`); the answer
-frame crosses the downlink after the one-way delay. An upload or answer that would take longer
-than the job's deadline is abandoned at the deadline and the device finishes the model (its
+frame crosses the downlink after the one-way delay. The upload follows the shaped link's chunk
+schedule (:func:`~splitcomp.link.shaping.pace`, with the job's give-up rule). An upload or answer
+that would take longer than the job's deadline is abandoned at the deadline and the device finishes the model (its
 device-only time less the head it already ran). A probe crosses the uplink the same way and its
 answer (a report of the true load) the downlink.
 
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from splitcomp.errors import ConfigError
+from splitcomp.link.shaping import pace
 from splitcomp.loop import Job, ProbeResult, RunEnv, Served, Transfer, run_requests
 from splitcomp.policy.base import Policy, device_only_index
 from splitcomp.policy.estimators import RateEstimator
@@ -140,11 +142,13 @@ class SimBackend:
             return self._done(Served(t + head_s + overhead_s, device_s=head_s, overhead_s=overhead_s))
         t_send = t + head_s + cut.encode_s
         sent = dict(device_s=head_s, encode_s=cut.encode_s, bytes_up=self.model.request_bytes(cut))
-        uplink_s = self._transfer(self.uplink, sent["bytes_up"], t_send, job.deadline_s)
-        if uplink_s > job.deadline_s:
-            upload = self._abandoned(sent["bytes_up"], t_send, job.deadline_s)
-            return self._fallback(cut, t_send + job.deadline_s, device_f, uplink_s=job.deadline_s, upload=upload, **sent)
-        upload = Transfer(sent["bytes_up"], uplink_s - self._half_rtt(t_send), t_send)
+        half = self._half_rtt(t_send)
+        schedule = pace(self.uplink, sent["bytes_up"], t_send + half, t_send + job.deadline_s, give_up=job.give_up)
+        uplink_s = schedule.end_t - t_send
+        if schedule.stopped:  # the deadline passed or the upload was given up
+            upload = Transfer.abandoned(sent["bytes_up"], max(0.0, uplink_s - half), t_send, schedule.carried_bytes)
+            return self._fallback(cut, schedule.end_t, device_f, uplink_s=uplink_s, upload=upload, **sent)
+        upload = Transfer(sent["bytes_up"], uplink_s - half, t_send)
         queue_s, server_s, report = self._server_side(cut, t_send, t_send + uplink_s + cut.decode_s, server_f)
         t_reply = t_send + uplink_s + cut.decode_s + queue_s + server_s + overhead_s
         bytes_down = self.model.answer_bytes(cut)

@@ -138,13 +138,14 @@ def test_the_estimator_learns_the_rate_from_the_uplink_transfers():
 
 
 def test_device_only_requests_feed_nothing_but_probes_keep_the_estimate_fresh():
-    """Dynamic on a slow channel runs on the device; its probes (about one a second) follow the
-    rate. A policy that never reads the estimate never probes."""
+    """Dynamic on a slow channel runs on the device; its probes (about one a second, one per 4 s
+    once no cut could pay even at 4x the rate) follow the rate. A policy that never reads the
+    estimate never probes."""
     slow = step([[0, 3e6], [10, 1e6]], duration=20)
     stats, quiet = {}, {}
     records = simulate_env(env(slow, policy=Dynamic(), estimator=LastEstimator(max_age_s=1.0)), stats=stats)
     assert all(r["bytes_up"] == 0 for r in records)
-    assert 15 <= stats["probes"] <= 21
+    assert 11 <= stats["probes"] <= 16
     assert records[-1]["rate_estimate_bps"] == pytest.approx(1e6, rel=0.05)
     assert all(r["probe_s"] <= DEVICE_ONLY_S + 1e-9 for r in records)  # a probe's deadline: the device-only time
     simulate_env(env(slow, policy=DeviceOnly(), estimator=LastEstimator(max_age_s=1.0)), stats=quiet)
@@ -175,9 +176,42 @@ def test_probes_recover_a_stale_estimate_after_a_dip():
 def test_open_transfers_stop_a_stale_estimate_from_flooding_an_outage():
     outage = step([[0, 100e6], [5, 0.0], [10, 100e6]], duration=20)
     stats = {}
-    records = simulate_env(env(outage, n=150), stats=stats)
+    records = simulate_env(env(outage, n=150, give_up=False), stats=stats)
     assert 1 <= stats["fallbacks"] <= 3  # only the requests sent before the first one got stuck
     assert all(r["cut_name"] == "output" for r in records if 5.5 < r["t_start"] < 10)
+
+
+def test_an_upload_into_an_outage_is_given_up_when_the_device_would_finish_sooner():
+    """The deadline-aware give-up: a request sent into the outage stops waiting for the link a few
+    milliseconds after its upload should have ended, not at the 1 s deadline."""
+    outage = step([[0, 100e6], [5, 0.0], [10, 100e6]], duration=20)
+    stats, patient = {}, {}
+    records = simulate_env(env(outage, n=150, estimator=EwmaEstimator(max_age_s=0.5, fast_drop=True)), stats=stats)
+    waited = simulate_env(env(outage, n=150, give_up=False), stats=patient)
+    given_up = [r for r in records if r["fallback"]]
+    assert given_up and stats["fallbacks"] == len(given_up)
+    for r in given_up:
+        assert 4.9 <= r["t_start"] < 10
+        # nothing through when the upload should have ended (1.5 x 12 ms + 2 ms, after the 5 ms
+        # one-way delay): even the chunk in flight could not make the rest beat the device
+        assert r["uplink_s"] == pytest.approx(0.005 + 1.5 * 8 * 150_040 / 100e6 + 0.002, abs=0.002)
+        assert r["latency_s"] - r["wait_s"] - r["probe_s"] == pytest.approx(r["uplink_s"] + r["device_s"] + r["encode_s"])
+    assert len(given_up) == 1  # fast drop: the abandoned upload's rate (0) is the next estimate
+    assert latencies(records).max() < 0.2 < latencies(waited).max()
+    assert latencies(records).mean() < latencies(waited).mean()
+
+
+def test_a_slow_upload_is_given_up_only_when_finishing_alone_is_sooner():
+    """A rate 5x lower than estimated: the full input (150 kB) is given up once its rest at the rate
+    seen beats the device's; a small upload (one chunk) that could still beat the device goes on."""
+    from splitcomp.link.shaping import GiveUp, pace
+
+    slow = Trace([0.0], [10e6], 10.0)  # estimated 50 Mbit/s: uploads should take 5x less
+    full = pace(slow, 150_000, 0.0, 1.0, give_up=GiveUp(after_s=1.5 * 8 * 150_000 / 50e6, device_rest_s=0.080))
+    late = pace(slow, 4_000, 0.0, 1.0, give_up=GiveUp(after_s=1.5 * 8 * 4_000 / 50e6, device_rest_s=0.020))
+    assert full.stopped == "give_up" and full.end_t == pytest.approx(0.036)
+    assert full.carried_bytes == pytest.approx(10e6 * 0.036 / 8)
+    assert late.stopped is None and late.end_t == pytest.approx(8 * 4_000 / 10e6)
 
 
 def test_outages_end_in_a_timeout_and_a_fallback():
@@ -249,11 +283,11 @@ def test_a_device_that_stopped_offloading_learns_from_probes_when_the_load_drops
 def test_a_probe_that_runs_past_the_due_time_is_inside_the_request():
     """Dynamic on a channel too slow for a probe within its deadline: each probe costs the
     request due meanwhile, and the time adds up."""
-    slow = Trace([0.0], [0.2e6], 30.0)  # a 16 kB probe needs 0.65 s
+    slow = Trace([0.0], [0.02e6], 30.0)  # a 16 kB probe needs 6.5 s, the smallest (1 kB) 0.4 s
     stats = {}
-    records = simulate_env(env(slow, n=40, arrivals=ClosedLoop(), estimator=EwmaEstimator(max_age_s=0.5)),
+    records = simulate_env(env(slow, n=100, arrivals=ClosedLoop(), estimator=EwmaEstimator(max_age_s=0.5)),
                            stats=stats)
-    assert stats["failed_probes"] == stats["probes"] >= 5
+    assert stats["failed_probes"] == stats["probes"] >= 3
     held = [r for r in records if r["probe_s"] > 0]
     assert len(held) == stats["probes"]
     for r in held:  # closed loop: the probe starts when the request is due and runs to its deadline
@@ -270,3 +304,25 @@ def test_measured_factors_replace_the_noise_and_may_follow_scenario_time():
     assert all(r["device_s"] == pytest.approx(2 * DEVICE_ONLY_S) for r in constant)
     by_time = run_requests(run, SimBackend(run, noise=None, device_factors=lambda t: [3.0] if t >= 1.0 else [1.0]))
     assert [r["device_s"] == pytest.approx(3 * DEVICE_ONLY_S) for r in by_time] == [r["t_start"] >= 1.0 for r in by_time]
+
+
+def test_probes_shrink_to_what_the_estimate_says_can_cross_in_time():
+    """After a 16 kB probe timed out on a 0.2 Mbit/s channel, the next ones carry what crosses in
+    a quarter of their deadline at the rate measured, and succeed."""
+    slow = Trace([0.0], [0.2e6], 30.0)
+    stats = {}
+    simulate_env(env(slow, n=150, arrivals=ClosedLoop(), estimator=EwmaEstimator(max_age_s=0.5)), stats=stats)
+    assert stats["probes"] >= 4 and stats["failed_probes"] == 1
+
+
+def test_probes_thin_out_while_no_offloading_could_pay_even_at_four_times_the_estimate():
+    """At 0.3 Mbit/s no cut pays even at 1.2 Mbit/s: the device probes every 4 max ages, not every
+    one; once the channel is fast again, the next probe brings offloading back."""
+    dip = step([[0, 0.3e6], [20, 50e6]], duration=40)
+    stats = {}
+    records = simulate_env(env(dip, n=300, arrivals=Periodic(0.1), estimator=EwmaEstimator(max_age_s=0.5)),
+                           stats=stats)
+    early = [r for r in records if 2 < r["t_start"] < 20]
+    assert all(r["cut_name"] == "output" for r in early)
+    assert stats["probes"] <= 20 // 2 + 2  # a probe per 2 s in the dip (every 0.5 s without the rule: ~40)
+    assert _offload_share_after(records, 22.5) > 0.9

@@ -14,6 +14,11 @@ One-way delay is added in user space by every pacer: it sleeps ``delay_s`` befor
 and then shapes from that moment on, so a transfer of ``n`` bytes started at scenario time ``t``
 takes ``delay_s + trace.transfer_time(n, t + delay_s)`` (:meth:`Pacer.expected_seconds`).
 
+Deadline-aware give-up: a pacer given a :class:`GiveUp` rule abandons an upload (raising
+:class:`UploadAbandoned`) as soon as the progress it has seen says the rest of the transfer would
+take longer than the device needs to finish the request alone. :func:`pace` is the one
+schedule of a shaped transfer (chunk times, deadline, give-up); the simulator follows it too.
+
 Downlink: ``bind(uplink, None)`` gives the downlink the uplink's trace when the link's
 ``downlink`` key is ``same`` (the default) and leaves it unshaped (delay only) when it is
 ``unshaped``; a downlink trace passed explicitly always wins.
@@ -21,6 +26,7 @@ Downlink: ``bind(uplink, None)`` gives the downlink the uplink's trace when the 
 
 from __future__ import annotations
 
+import copy
 import math
 import socket
 import time
@@ -45,6 +51,68 @@ class LinkTimeout(PeerError, TimeoutError):
         super().__init__(message)
         self.carried_bytes = float(carried_bytes)
         self.shaped_s = float(shaped_s)
+
+
+class UploadAbandoned(LinkTimeout):
+    """An upload given up by its :class:`GiveUp` rule before its deadline (the socket is left
+    mid-message too)."""
+
+
+DEFAULT_CHUNK_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """When to abandon an upload that turns out slower than expected.
+
+    From ``after_s`` shaped seconds on (about the time the upload should take at the rate
+    estimate the cut was chosen with), the upload is given up once even the rate seen so far at
+    its most optimistic says the rest would take longer than ``device_rest_s``, the time the
+    device needs to finish the request alone. With ``sent`` of ``nbytes`` through after ``t``
+    shaped seconds and a chunk of ``pending`` bytes on its way, the channel carries less than
+    ``(sent + pending) / t``, so the rest takes more than ``(nbytes - sent) * t / (sent + pending)``.
+    """
+
+    after_s: float
+    device_rest_s: float
+
+    def time_s(self, nbytes: int, sent: int, pending: int) -> float:
+        """Shaped seconds into the transfer at which it is given up while ``sent`` bytes are
+        through and ``pending`` more are on their way."""
+        if sent >= nbytes:
+            return math.inf
+        return max(self.after_s, self.device_rest_s * (sent + pending) / (nbytes - sent))
+
+
+@dataclass(frozen=True)
+class Paced:
+    """The schedule of one shaped transfer: ``dues[k]``: when chunk ``k`` has crossed; ``end_t``:
+    when the last byte crossed, or when the transfer stopped (``stopped``: ``deadline`` or
+    ``give_up``), with ``carried_bytes`` through by then."""
+
+    dues: list[float]
+    end_t: float
+    carried_bytes: float
+    stopped: str | None = None
+
+
+def pace(trace: Trace, nbytes: int, shaped_from: float, deadline_t: float,
+         chunk_bytes: int = DEFAULT_CHUNK_BYTES, give_up: GiveUp | None = None) -> Paced:
+    """The schedule of ``nbytes`` crossing ``trace`` in chunks from ``shaped_from``, stopped at
+    ``deadline_t`` or by ``give_up`` (see :class:`GiveUp`)."""
+    dues: list[float] = []
+    due, sent = shaped_from, 0
+    while sent < nbytes:
+        piece = min(chunk_bytes, nbytes - sent)
+        t_next = due + trace.transfer_time(piece, due, max_time=max(deadline_t - due, 0.0))
+        t_give = shaped_from + give_up.time_s(nbytes, sent, piece) if give_up is not None else math.inf
+        t_stop = min(t_give, deadline_t)
+        if t_next > t_stop:
+            partial = trace.bits_between(due, t_stop) / 8 if t_stop > due else 0.0
+            return Paced(dues, t_stop, sent + min(float(piece), partial), "give_up" if t_give < deadline_t else "deadline")
+        dues.append(t_next)
+        due, sent = t_next, sent + piece
+    return Paced(dues, due, float(nbytes))
 
 
 class ScenarioClock:
@@ -101,6 +169,7 @@ class Pacer(ABC):
     one-way delay of ``delay_s``."""
 
     max_transfer_s = math.inf  # a transfer not done this long after it started raises LinkTimeout
+    give_up: GiveUp | None = None  # deadline-aware abandonment (shaped pacers only)
 
     def __init__(self, trace: Trace | None, delay_s: float = 0.0) -> None:
         self.trace = trace
@@ -109,6 +178,14 @@ class Pacer(ABC):
     @abstractmethod
     def send(self, sock: socket.socket, data: bytes | memoryview, clock: ScenarioClock) -> TransferStats:
         """Write all of ``data`` on ``sock``; returns once the shaping lets the last byte arrive."""
+
+    def giving_up(self, rule: GiveUp | None) -> Pacer:
+        """This pacer with the give-up rule ``rule`` (a copy; None: as it is)."""
+        if rule is None:
+            return self
+        clone = copy.copy(self)
+        clone.give_up = rule
+        return clone
 
     def expected_seconds(self, nbytes: int, t: float) -> float:
         """Seconds the shaping makes a transfer of ``nbytes`` started at scenario time ``t`` take,
@@ -183,16 +260,20 @@ class TracePacer(Pacer):
         view = memoryview(data).cast("B")
         start = clock.now()
         deadline = start + self.max_transfer_s
-        due = start + self.delay_s  # when the bytes written so far have crossed the shaped channel
-        sleep_until(clock, min(due, deadline), self.spin_s)
-        for offset in range(0, len(view), self.chunk_bytes):
-            piece = view[offset : offset + self.chunk_bytes]
-            due += self.trace.transfer_time(len(piece), due, max_time=max(deadline - due, 0.0))
-            if due > deadline:
-                sleep_until(clock, deadline, self.spin_s)
-                raise self._timeout(len(view), start)
+        shaped_from = start + self.delay_s  # bytes cross the shaped channel from then on
+        sleep_until(clock, min(shaped_from, deadline), self.spin_s)
+        schedule = pace(self.trace, len(view), shaped_from, deadline, self.chunk_bytes, self.give_up)
+        for k, due in enumerate(schedule.dues):
             sleep_until(clock, due, self.spin_s)
-            sock.sendall(piece)
+            sock.sendall(view[k * self.chunk_bytes : (k + 1) * self.chunk_bytes])
+        if schedule.stopped == "give_up":
+            sleep_until(clock, schedule.end_t, self.spin_s)
+            raise UploadAbandoned(
+                f"gave up a {len(view)}-byte upload after {schedule.end_t - start:.3f} s: the device finishes sooner",
+                schedule.carried_bytes, max(0.0, schedule.end_t - shaped_from))
+        if schedule.stopped == "deadline":
+            sleep_until(clock, deadline, self.spin_s)
+            raise self._timeout(len(view), start)
         return self._stats(len(view), start, clock.now())
 
 

@@ -7,6 +7,11 @@ policy stops sending (device-only requests send nothing), so every estimate carr
 ``needs_probe(t)`` says when it is stale; the runtime or simulator then sends a small probe of
 ``probe_bytes`` and feeds its measurement back through ``update``.
 
+With ``fast_drop`` a measurement below the estimate replaces it at once (the estimate then
+builds up again from that sample): a rate that fell shows in the very next decision instead of
+after several samples, while a rate that rose is still averaged in. A lagging estimate costs
+much more when it is too high (a request sent into a slow link) than when it is too low.
+
 The ``oracle`` estimator reads the true trace instead (an upper bound on what estimation can do).
 """
 
@@ -25,13 +30,14 @@ class RateEstimator(ABC):
 
     name = "estimator"
 
-    def __init__(self, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
+    def __init__(self, max_age_s: float = 0.5, probe_bytes: int = 16384, fast_drop: bool = False) -> None:
         if max_age_s <= 0:
             raise ConfigError(f"estimator max_age_s must be positive, got {max_age_s}; set estimator.max_age_s > 0.")
         if probe_bytes <= 0:
             raise ConfigError(f"estimator probe_bytes must be positive, got {probe_bytes}; set estimator.probe_bytes > 0.")
         self.max_age_s = float(max_age_s)
         self.probe_bytes = int(probe_bytes)
+        self.fast_drop = bool(fast_drop)
         self._last_t: float | None = None
 
     def update(self, nbytes: float, seconds: float, t: float) -> None:
@@ -43,6 +49,8 @@ class RateEstimator(ABC):
         rate = 8.0 * nbytes / seconds if seconds > 0 else float("inf")
         if rate == float("inf"):
             return  # an instantaneous transfer says nothing about the rate
+        if self.fast_drop and (current := self._value()) is not None and rate < current:
+            self._clear()  # the rate fell: the new sample alone is the estimate
         self._add(rate)
         self._last_t = t if self._last_t is None else max(self._last_t, t)
 
@@ -53,6 +61,10 @@ class RateEstimator(ABC):
     @abstractmethod
     def _value(self) -> float | None:
         """The current estimate, or None before any measurement."""
+
+    def _clear(self) -> None:
+        """Forget the samples taken in so far (the time of the last one is kept)."""
+        return None
 
     def estimate(self, t: float) -> float | None:
         """The estimated rate in bit/s at time ``t``, or None when nothing was measured yet."""
@@ -74,6 +86,7 @@ class RateEstimator(ABC):
     def reset(self) -> None:
         """Forget every measurement (called at the start of each run)."""
         self._last_t = None
+        self._clear()
 
 
 class LastEstimator(RateEstimator):
@@ -81,8 +94,8 @@ class LastEstimator(RateEstimator):
 
     name = "last"
 
-    def __init__(self, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
-        super().__init__(max_age_s, probe_bytes)
+    def __init__(self, max_age_s: float = 0.5, probe_bytes: int = 16384, fast_drop: bool = False) -> None:
+        super().__init__(max_age_s, probe_bytes, fast_drop)
         self._rate: float | None = None
 
     def _add(self, rate_bps: float) -> None:
@@ -91,8 +104,7 @@ class LastEstimator(RateEstimator):
     def _value(self) -> float | None:
         return self._rate
 
-    def reset(self) -> None:
-        super().reset()
+    def _clear(self) -> None:
         self._rate = None
 
 
@@ -101,8 +113,9 @@ class EwmaEstimator(RateEstimator):
 
     name = "ewma"
 
-    def __init__(self, alpha: float = 0.5, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
-        super().__init__(max_age_s, probe_bytes)
+    def __init__(self, alpha: float = 0.5, max_age_s: float = 0.5, probe_bytes: int = 16384,
+                 fast_drop: bool = False) -> None:
+        super().__init__(max_age_s, probe_bytes, fast_drop)
         if not 0 < alpha <= 1:
             raise ConfigError(f"ewma alpha must be in (0, 1], got {alpha}; set estimator.alpha accordingly.")
         self.alpha = float(alpha)
@@ -114,8 +127,7 @@ class EwmaEstimator(RateEstimator):
     def _value(self) -> float | None:
         return self._rate
 
-    def reset(self) -> None:
-        super().reset()
+    def _clear(self) -> None:
         self._rate = None
 
 
@@ -124,8 +136,8 @@ class HarmonicEstimator(RateEstimator):
 
     name = "harmonic"
 
-    def __init__(self, n: int = 5, max_age_s: float = 0.5, probe_bytes: int = 16384) -> None:
-        super().__init__(max_age_s, probe_bytes)
+    def __init__(self, n: int = 5, max_age_s: float = 0.5, probe_bytes: int = 16384, fast_drop: bool = False) -> None:
+        super().__init__(max_age_s, probe_bytes, fast_drop)
         if n < 1:
             raise ConfigError(f"harmonic estimator n must be at least 1, got {n}; set estimator.n >= 1.")
         self.n = int(n)
@@ -141,8 +153,7 @@ class HarmonicEstimator(RateEstimator):
             return 0.0  # an outage sample pulls the harmonic mean to zero
         return len(self._samples) / sum(1.0 / r for r in self._samples)
 
-    def reset(self) -> None:
-        super().reset()
+    def _clear(self) -> None:
         self._samples.clear()
 
 

@@ -223,7 +223,7 @@ class SocketBackend:
         if client is None:
             return self._fallback(cut, head, label, watch, parts)
         frame = client.request_frame(job.index, cut.index, head.values, self.parts.codec)
-        pacer = self._pacer(job.deadline_s)
+        pacer = self._pacer(job.deadline_s).giving_up(job.give_up)
         parts.update(encode_s=watch.lap(), bytes_up=len(frame))
         try:
             client.send(frame, pacer)

@@ -90,3 +90,25 @@ def test_an_abandoned_transfer_keeps_the_bound_it_had_until_one_completes():
 def test_bad_settings_are_config_errors(make):
     with pytest.raises(ConfigError):
         make()
+
+
+@pytest.mark.parametrize("make", [lambda: EwmaEstimator(alpha=0.3, fast_drop=True),
+                                  lambda: HarmonicEstimator(n=5, fast_drop=True)])
+def test_fast_drop_follows_a_fall_at_once_and_a_rise_gradually(make):
+    """100 -> 5 Mbit/s: the first slow transfer is the estimate (no 50, 27, 16, ... lag); back at
+    100 Mbit/s the estimate climbs over several samples."""
+    est = make()
+    for t in range(5):
+        est.update(125_000, 0.01, t)  # 100 Mbit/s
+    est.update(6_250, 0.01, 5)  # 5 Mbit/s
+    assert est.estimate(5) == pytest.approx(5e6)
+    est.update(125_000, 0.01, 6)
+    assert 5e6 < est.estimate(6) < 60e6
+
+
+def test_without_fast_drop_a_fall_lags():
+    est = EwmaEstimator(alpha=0.5)
+    for t in range(5):
+        est.update(125_000, 0.01, t)
+    est.update(6_250, 0.01, 5)
+    assert est.estimate(5) == pytest.approx(52.5e6)

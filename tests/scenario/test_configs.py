@@ -66,3 +66,18 @@ def test_server_load_options_instantiate(name, monkeypatch):
     load = instantiate(OmegaConf.load(CONF_DIR / "server_load" / f"{name}.yaml"))
     assert isinstance(load, LoadModel) and load.kind == name
     assert load.batch_at(0.0) >= 1 and load.slowdown_at(0.0) >= 1.0 and load.clients_at(0.0) >= 0
+
+
+def test_the_default_channel_and_load_ship_in_the_package_and_vary(monkeypatch, tmp_path):
+    """The default run's WiFi window and slowdown bursts need no trace folder: their files are under
+    conf/ (inside the wheel), found from any working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPLITCOMP_TRACES", str(tmp_path / "none"))
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config")
+    trace, load = instantiate(cfg.channel), instantiate(cfg.server_load)
+    assert trace.format == "lumos_wifi" and 35 < trace.duration < 45
+    assert trace.rates_bps.min() < 15e6 < 40e6 < trace.rates_bps.max()  # splits win in between
+    slowdowns = {load.slowdown_at(t) for t in range(0, 120)}
+    assert min(slowdowns) == 1.0 and max(slowdowns) >= 3.0
+    assert (CONF_DIR / "channel" / "traces" / "ATTRIBUTION.md").is_file()

@@ -1,0 +1,36 @@
+"""The deadline-aware give-up on both runtimes: an upload sent into an outage is abandoned as soon
+as the device would finish sooner, long before the link's ``max_transfer_s``, and the request
+falls back (MobileNetV3-small at 64 px on a slow device, a shaped link, a hand-made outage)."""
+
+import pytest
+from splitcomp.runtime.bench import socket_bench
+
+TIMEOUT_S = 2.0
+SCENARIO = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset.image_size=64", "link=shaped",
+            "link.delay_s=0.002", f"link.max_transfer_s={TIMEOUT_S}", "device.slowdown=10", "server_load=none",
+            "profile.batch_sizes=[1]", "profile.repeats=3", "estimator=ewma", "estimator.fast_drop=true",
+            # 1 Gbit/s, then a dead channel from 0.5 s on
+            "channel=step", "channel.steps=[[0,1e9],[0.5,0],[50,1e9]]",
+            "arrivals=periodic", "arrivals.interval_s=0.1", "dataset.limit=10"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("give_up")
+    with socket_bench([*SCENARIO, f"profile.cache_dir={tmp / 'profiles'}"], tmp / "run") as bench:
+        return {"real": bench.run("dynamic"), "sim": bench.simulate("dynamic", noise=0.0)}
+
+
+def test_an_upload_into_an_outage_is_given_up_long_before_its_deadline(runs):
+    for runtime, records in runs.items():
+        assert records[0]["cut_name"] != "output", runtime  # offloading wins at 1 Gbit/s
+        given_up = [r for r in records if r["fallback"]]
+        assert given_up, runtime
+        for r in given_up:
+            assert r["t_start"] >= 0.45, runtime  # only once the channel is dead
+            assert r["uplink_s"] < TIMEOUT_S / 4, (runtime, r["uplink_s"])
+            assert r["bytes_down"] == 0 and r["server_s"] == 0
+            # the give-up, then the rest of the model on the device: nothing else
+            assert r["latency_s"] - r["wait_s"] - r["probe_s"] == pytest.approx(
+                r["connect_s"] + r["device_s"] + r["encode_s"] + r["uplink_s"], abs=0.02), runtime
+        assert all(r["cut_name"] == "output" for r in records[-3:]), runtime
