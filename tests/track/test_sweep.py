@@ -56,7 +56,7 @@ def test_parent_carries_the_sweep_summary(runs):
     m = metrics(parent)
     assert m["jobs"] == len(runs["policies"]) and m["jobs_failed"] == 0
     assert m["policy_oracle_latency_over_oracle"] == pytest.approx(1.0)
-    # full offloading of a 64 px image over the default channel is no faster than the oracle
+    # full offloading of a 64 px image over the square channel is no faster than the oracle
     assert m["policy_server_only_latency_over_oracle"] >= 1.0
     listed = server.api(f"/api/2.0/mlflow/artifacts/list?run_id={run_id}")
     names = {f["path"] for f in listed["files"]}
