@@ -3,7 +3,8 @@ as the device would finish sooner, long before the link's ``max_transfer_s``, an
 falls back (MobileNetV3-small at 64 px on a slow device, a shaped link, a hand-made outage)."""
 
 import pytest
-from splitcomp.runtime.bench import socket_bench
+
+from splitcomp.build import socket_bench
 
 TIMEOUT_S = 2.0
 SCENARIO = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset.image_size=64", "link=shaped",
