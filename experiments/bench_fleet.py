@@ -212,7 +212,7 @@ def print_table(result: dict[str, Any]) -> None:
           f"{fp['mac_frame_gbps']:.2f} ({fp['mac_frame_over_raw']:.2f}x)")
     print("\ntargets:")
     for t in result["targets"]:
-        ok = t["value"] <= t["target"] if t["op"] in ("<=", "<") else t["value"] >= t["target"]
+        ok = t["value"] <= t["target"] if t["op"] == "<=" else t["value"] >= t["target"]
         print(f"  {t['name']:32s} {t['value']:8.3f} {t['op']} {t['target']:<6g} {'ok' if ok else 'MISSED'}")
 
 

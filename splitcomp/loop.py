@@ -67,7 +67,7 @@ from splitcomp.policy.base import DecisionContext, Policy, device_only_index
 from splitcomp.policy.estimators import InFlight, RateEstimator, capped
 from splitcomp.profile.latency import CutProfile, LatencyBreakdown, LatencyModel
 from splitcomp.profile.queueing import TrueLoad
-from splitcomp.records import PART_FIELDS, RequestRecord, ServerLoad, ServerReport
+from splitcomp.records import RequestRecord, ServerLoad, ServerReport
 from splitcomp.scenario.arrivals import Arrivals
 from splitcomp.scenario.trace import Trace
 
@@ -181,6 +181,11 @@ class Served:
     upload: Transfer | None = None
     prediction: int | None = None
     label: int | None = None
+
+
+# What a backend measures of a request, copied into its RequestRecord under the same names.
+SERVED_PARTS = ("connect_s", "device_s", "encode_s", "uplink_s", "decode_s", "queue_s", "server_s", "overhead_s",
+                "downlink_s", "bytes_up", "bytes_down")
 
 
 @dataclass(frozen=True)
@@ -388,16 +393,13 @@ class RequestLoop:
         probe_s = max(0.0, min(probe.t_done, t_start) - held_from) if probe else 0.0
         record = RequestRecord(
             request=i, t_due=t_due, t_start=t_start, cut=cut.index, cut_name=cut.name, latency_s=latency,
-            fallback=fallback, wait_s=wait, probe_s=probe_s, connect_s=served.connect_s, device_s=served.device_s,
-            encode_s=served.encode_s, uplink_s=served.uplink_s, decode_s=served.decode_s, queue_s=served.queue_s,
-            server_s=served.server_s, overhead_s=served.overhead_s, downlink_s=served.downlink_s,
-            bytes_up=served.bytes_up, bytes_down=served.bytes_down,
+            fallback=fallback, wait_s=wait, probe_s=probe_s, **{name: getattr(served, name) for name in SERVED_PARTS},
             rate_trace_bps=self.env.uplink.rate_at(t_start),
             rate_estimate_bps=math.nan if ctx.rate_estimate_bps is None else ctx.rate_estimate_bps,
             server_load=_server_load(served.report), prediction=served.prediction, label=served.label,
             **_predicted_fields(predicted),
         )
-        record.unaccounted_s = latency - sum(getattr(record, name) for name in PART_FIELDS)
+        record.unaccounted_s = latency - record.parts_s
         return record
 
 
