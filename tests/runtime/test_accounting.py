@@ -10,11 +10,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from splitcomp.build import socket_bench
+from splitcomp.loop import GIVE_UP_MIN_S
 from splitcomp.records import PART_FIELDS, RECORD_FIELDS
 
 BASE = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset.image_size=64", "link=shaped",
         "server_load=none", "profile.batch_sizes=[1]", "profile.repeats=3", "estimator=ewma"]
 TIMEOUT_S = 0.3
+DELAY_S = 0.01  # the shaped link's one-way delay (conf/link/shaped.yaml)
 OUTAGE = ["channel=step", "channel.steps=[[0,20e6],[0.6,0],[50,20e6]]", f"link.max_transfer_s={TIMEOUT_S}",
           "arrivals=periodic", "arrivals.interval_s=0.2", "dataset.limit=8"]
 INTERVAL_S = 0.07
@@ -66,12 +68,17 @@ def test_both_backends_record_the_same_fields_and_their_parts_add_up(outage):
 
 def test_a_failed_probe_leaves_no_dead_connection_behind(outage):
     """Dynamic in the outage: its probes time out, it runs on the device, and no request after a
-    failed probe is a free fallback on a dead connection."""
+    failed probe is a free fallback on a dead connection. Dynamic gives an upload up before its
+    deadline once the device alone would finish sooner (``GiveUp``), so a fallback costs at least
+    the one-way delay and the give-up's minimum time, never nothing, and then the whole model."""
     records = outage["dynamic"]
     late = records[4:]
     assert all(r["cut_name"] == records[-1]["cut_name"] for r in late)
-    for r in records:
-        assert not r["fallback"] or r["uplink_s"] >= TIMEOUT_S - 0.01
+    least_s = min(TIMEOUT_S, DELAY_S + GIVE_UP_MIN_S) - 0.001
+    for r in (r for r in records if r["fallback"]):
+        assert r["uplink_s"] >= least_s, r["uplink_s"]
+        assert r["latency_s"] - r["wait_s"] >= r["uplink_s"] + r["device_s"] - 1e-6
+        assert r["bytes_down"] == 0 and r["server_s"] == 0
 
 
 @pytest.fixture(scope="module")
