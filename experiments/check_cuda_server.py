@@ -36,6 +36,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from splitcomp.build import Workload, build_workload
+from splitcomp.configs import source_commit
 from splitcomp.link.shaping import ScenarioClock
 from splitcomp.runtime.client import EdgeClient
 from splitcomp.runtime.process import bind_listener
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'all checks passed' if ok else 'FAILED'}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "model": work.model.name,
+            json.dump({"device": name, "torch": torch.__version__, "commit": source_commit(),
+                       "command": " ".join(["check_cuda_server.py", *sys.argv[1:]]), "model": work.model.name,
                        "images": len(images), "image_size": args.image_size, "reference_accuracy": accuracy,
                        "classes_predicted": int(reference.argmax(1).unique().numel()), "trivial_logits": problem,
                        "rtol": args.rtol, "passed": ok, "rows": [asdict(c) for c in checks]}, f, indent=1)

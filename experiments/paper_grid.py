@@ -61,7 +61,6 @@ from splitcomp.link.codecs import Float16Codec, RawCodec
 from splitcomp.profile import get_profiles
 from splitcomp.profile.latency import Profiles, ServerLoad
 from splitcomp.split import analyze
-from splitcomp.track import start_run
 from splitcomp.track.report import markdown
 
 ROOT = project_root()
@@ -234,6 +233,8 @@ def log_to_mlflow(setup: Setup, summary: pd.DataFrame, paths: list[Path], uri: s
               "profile.batch_sizes": setup.profile_batches, "profile.repeats": setup.repeats, "margin": setup.margin,
               "rates_mbit_s": f"{axes.rates_bps[0] / MBIT:g}..{axes.rates_bps[-1] / MBIT:g}",
               "batches": f"{axes.batches[0]}..{axes.batches[-1]}"}
+    from splitcomp.track import start_run  # loads MLflow (the --paper mode can do without)
+
     with start_run(uri=uri, experiment="paper_grid", run_name="server_batch", params=params) as tracker:
         for _, row in summary.iterrows():
             tag = f"{row['model']}_{row['codec']}"
@@ -263,6 +264,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="server-batch mode: profile cache")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///outputs/mlflow.db)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--no-tracking", action="store_true",
+                        help="--paper: log no MLflow runs (for a machine lent only to profile, without MLflow)")
     parser.add_argument("--image-size", type=int, default=None, help="--paper: image side (default 384)")
     parser.add_argument("--profile-batches", type=int, nargs="+", default=None,
                         help="--paper: batch sizes to time (others are interpolated)")

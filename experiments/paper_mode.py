@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -62,7 +61,7 @@ from grid_plots import (
 )
 from torch import nn
 
-from splitcomp.configs import project_root
+from splitcomp.configs import project_root, source_commit
 from splitcomp.link.codecs import Float16Codec, RawCodec
 from splitcomp.profile.cache import cpu_kind
 from splitcomp.profile.latency import Profiles
@@ -75,7 +74,6 @@ from splitcomp.profile.segments import (
     time_segments,
 )
 from splitcomp.split import BlockOutputsRule, SplitPlan, analyze
-from splitcomp.track import start_run
 from splitcomp.track.report import markdown
 
 ROOT = project_root()
@@ -425,17 +423,6 @@ def useful_figure(results: list[ModelResult], setup: PaperSetup, out: Path) -> P
 
 # --- records: JSON, targets, MLflow --------------------------------------------------------------
 
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+uncommitted changes" if dirty else "")
-
-
 def widest_rel_iqr(r: ModelResult) -> float:
     return max(s.widest_rel_iqr(b) for s in r.segments for b in s.batch_sizes)
 
@@ -500,13 +487,15 @@ def record(results: list[ModelResult], setup: PaperSetup, wall_s: float) -> dict
         "profile_batch_sizes": setup.profile_batches, "passes": [setup.repeats, setup.max_repeats],
         "repetitions": setup.repetitions,
         "profiles": f"loaded from {setup.profiles_from}" if setup.profiles_from else "measured",
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit(), "torch": torch.__version__,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": source_commit(), "torch": torch.__version__,
     }
     data["targets"] = targets(results, setup, wall_s)
     return data
 
 
 def log_runs(results: list[ModelResult], setup: PaperSetup, shared: list[Path], uri: str | None) -> list[str]:
+    from splitcomp.track import start_run  # loads MLflow, which --no-tracking does without
+
     run_ids = []
     for r in results:
         params = {"mode": "paper", "model": r.name, "image_size": setup.image_size, "weights": "random",
@@ -553,7 +542,7 @@ def main(args: argparse.Namespace) -> None:
     results = [run_model(name, setup, out) for name in setup.models]
     summary = summary_table(results, setup)
     shared = [*write_tables(results, summary, out), useful_figure(results, setup, out)]
-    run_ids = log_runs(results, setup, shared, args.tracking_uri)
+    run_ids = [] if args.no_tracking else log_runs(results, setup, shared, args.tracking_uri)
     wall_s = time.perf_counter() - started
     data = record(results, setup, wall_s)
     (out / "results.json").write_text(json.dumps(data, indent=1))
@@ -567,5 +556,5 @@ def main(args: argparse.Namespace) -> None:
         print(f"  {'ok  ' if passed(t) else 'MISS'} {t['name']}: {t['value']:.3g} {t['op']} {t['target']:.3g}")
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
-    print(f"\n{banner(setup).splitlines()[0]}\nfiles in {out} ({wall_s:.0f} s); MLflow runs {', '.join(run_ids)} "
-          "in experiment paper_grid")
+    print(f"\n{banner(setup).splitlines()[0]}\nfiles in {out} ({wall_s:.0f} s); "
+          + (f"MLflow runs {', '.join(run_ids)} in experiment paper_grid" if run_ids else "no MLflow runs (--no-tracking)"))

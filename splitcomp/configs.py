@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import os
+import subprocess
 from pathlib import Path
 
 from splitcomp.errors import ConfigError
@@ -32,3 +34,18 @@ def project_root() -> Path:
     ``../shared/traces/...``, ``outputs/...``) start from when the working directory does not hold
     them: the repository in a checkout, the package's folder in an installed wheel."""
     return config_dir().parent
+
+
+def source_commit() -> str:
+    """The commit of the project's checkout (``+uncommitted changes`` when tracked files differ
+    from it), for results that name the code that made them. A copy without git history (a lent
+    machine) names it through the environment variable ``SPLITCOMP_COMMIT``; else ``unknown``."""
+    root = str(project_root())
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("SPLITCOMP_COMMIT", "unknown")
+    return head + ("+uncommitted changes" if dirty else "")
