@@ -11,8 +11,9 @@
   scenario when it is the plain argmin over these options (no margin).
 * **Hardware.** The server is ``--server-device`` (one CPU thread by default) and the device is the
   same hardware ``--slowdown`` times slower, standing in for the paper's GPU server and the same
-  GPU clock-locked to 300 MHz. Without a GPU everything runs on this machine's CPU, and the output
-  says so.
+  GPU clock-locked to 300 MHz. On a GPU every grid batch size is timed, with more passes after a
+  longer warm-up (a pass takes milliseconds there). Without a GPU everything runs on this machine's
+  CPU, and the output says so.
 * **Noise.** One segment profile per model and repetition (``splitcomp.profile.segments``: every
   candidate timed in one pass per batch size, batch sizes interleaved, more passes while the
   interquartile range is wide, each stretch's fastest pass kept: the hardware's uncontended time),
@@ -111,6 +112,7 @@ class PaperSetup:
     max_rel_iqr: float = 0.05
     check_rounds: int = 5
     threads: int = 1
+    warmup: int = 1  # untimed passes per batch size before the timed ones
 
     @property
     def hardware(self) -> str:
@@ -135,7 +137,12 @@ def setup_from(args: argparse.Namespace) -> PaperSetup:
         raise SystemExit(f"--repetitions {args.repetitions}; use 1 or more (3 gives a spread)")
     quick = {"profile_batches": [1, 4], "repeats": 3, "max_repeats": 4, "check_rounds": 3}
     full = {"profile_batches": [1, 2, 4, 8], "repeats": 5, "max_repeats": 9, "check_rounds": 5}
-    options = quick if args.quick else full
+    # a GPU pass takes milliseconds: it affords many, after a warm-up that lets the kernels'
+    # first-call costs pass; its time grows far less than linearly with the batch, so the batch
+    # sizes of the grid are timed rather than interpolated from small ones
+    gpu = {"profile_batches": [1, 2, 4, 8, 16, 32, 62], "repeats": 20, "max_repeats": 60, "check_rounds": 30,
+           "warmup": 10}
+    options = gpu if device.type == "cuda" else quick if args.quick else full
     if args.profile_batches:
         options["profile_batches"] = sorted(set(args.profile_batches))
     return PaperSetup(models=list(args.models or PAPER_MODELS), image_size=args.image_size or 384,
@@ -213,7 +220,7 @@ def segment_profiles(name: str, plan: SplitPlan, example: torch.Tensor, setup: P
             continue
         print(f"  {name}: profile {rep + 1}/{setup.repetitions} at batch sizes {setup.profile_batches}", flush=True)
         seg = time_segments(plan, example, plan.candidates, setup.profile_batches, setup.server_device, setup.threads,
-                            warmup=1, repeats=setup.repeats, max_repeats=setup.max_repeats,
+                            warmup=setup.warmup, repeats=setup.repeats, max_repeats=setup.max_repeats,
                             max_rel_iqr=setup.max_rel_iqr)
         seg.hardware = setup.hardware
         seg.key = {"model": name, "image_size": setup.image_size, "repetition": rep}

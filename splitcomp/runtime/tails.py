@@ -93,7 +93,10 @@ class TailBank:
             raise RequestMismatch(f"cut {cut_index!r} does not exist; this model has cuts 0..{self.n_cuts - 1}")
         with self._lock:
             if cut_index not in self._tails:
-                head, tail = self.plan.split(self.plan.cuts[cut_index])
+                # torch.fx gives a split its own copies of the tensors the graph reads as attributes
+                # (a normalisation's mean and std, say), so moving the model to the device leaves
+                # them behind: each part is moved too (its shared parameters are there already)
+                head, tail = (part.to(self.device) for part in self.plan.split(self.plan.cuts[cut_index]))
                 with torch.inference_mode():
                     signature = Signature.of(tuple(head(self.example_input)))
                 self._tails[cut_index] = (tail.eval(), signature)
