@@ -38,8 +38,11 @@ def project_root() -> Path:
 
 def source_commit() -> str:
     """The commit of the project's checkout (``+uncommitted changes`` when tracked files differ
-    from it), for results that name the code that made them. A copy without git history (a lent
-    machine) names it through the environment variable ``SPLITCOMP_COMMIT``; else ``unknown``."""
+    from it), for results that name the code that made them. A copy whose git history is not the
+    project's, or that has none (a lent machine), names it through the environment variable
+    ``SPLITCOMP_COMMIT``, which wins when set; ``unknown`` when nothing says."""
+    if os.environ.get("SPLITCOMP_COMMIT"):
+        return os.environ["SPLITCOMP_COMMIT"]
     root = str(project_root())
     try:
         head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -47,5 +50,5 @@ def source_commit() -> str:
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("SPLITCOMP_COMMIT", "unknown")
+        return "unknown"
     return head + ("+uncommitted changes" if dirty else "")
