@@ -33,7 +33,6 @@ import io
 import json
 import os
 import secrets
-import socket
 import struct
 import subprocess
 import sys
@@ -181,54 +180,6 @@ class CpuWatch:
 
 
 # --- the attacker (a process of its own: its work must not share the device's interpreter) ------
-class Peer:
-    """A connection that speaks the protocol by hand, optionally holding the secret."""
-
-    def __init__(self, port: int, source: str, key: bytes | None = None) -> None:
-        from splitcomp.link.auth import FrameAuth
-        from splitcomp.link.wire import FrameReader
-
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
-        self.key = key
-        self.auth = FrameAuth.device(key) if key else None
-        self.reader = FrameReader(self.sock, auth=self.auth)
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
-        self.sock.sendall(data)
-        if self.auth is not None:
-            self.auth.sent()
-
-    def handshake(self, fingerprint: dict) -> None:
-        from splitcomp.link.auth import new_nonce, session_key
-        from splitcomp.link.wire import Kind, Timeouts, encode_frame
-        from splitcomp.runtime.handshake import Hello, Welcome
-
-        nonce = new_nonce()
-        self.send(encode_frame(Kind.HELLO, Hello(fingerprint, time.time(), nonce).meta(), auth=self.auth))
-        welcome = Welcome.parse(self.reader.read(allowed=(Kind.WELCOME,), timeouts=Timeouts(10, 10)).meta)
-        if self.auth is not None:
-            self.auth.use_session_key(session_key(self.key, nonce, welcome.nonce))
-
-    def frame(self, kind: Any, meta: dict, values: Any = (), codec: Any = None) -> bytes:
-        from splitcomp.link.wire import encode_frame
-
-        return encode_frame(kind, meta, values, codec, auth=self.auth)
-
-    def drain(self, timeout_s: float) -> bytes:
-        """What the server sends until it closes (or ``timeout_s`` passes)."""
-        self.sock.settimeout(timeout_s)
-        out = b""
-        with contextlib.suppress(OSError):
-            while chunk := self.sock.recv(65536):
-                out += chunk
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 class Attack:
     """The hostile mix; each kind runs in threads until ``stop`` and counts what happened."""
 
@@ -253,11 +204,15 @@ class Attack:
             self._next_address += 1
             return ATTACK_ADDRESSES[self._next_address % len(ATTACK_ADDRESSES)]
 
-    def peer(self, insider: bool = False) -> Peer:
-        peer = Peer(self.port, self.source(), self.key if insider else None)
+    def peer(self, insider: bool = False) -> Any:
+        from splitcomp.link.wire import Kind
+        from splitcomp.runtime.raw_peer import RawPeer
+
+        peer = RawPeer(self.port, self.key if insider else None, self.source(), timeout_s=10.0)
         self.count("connections")
-        if insider:
-            peer.handshake(self.fingerprint)
+        if insider and (answer := peer.hello(self.fingerprint)).kind is not Kind.WELCOME:
+            peer.close()
+            raise ConnectionError(f"the server answered an insider's HELLO with {answer.kind.name}")
         return peer
 
     def forever(self, name: str, work: Any) -> None:
@@ -304,7 +259,7 @@ class Attack:
 
         peer = self.peer(insider=True)
         image = torch.zeros(self.image_shape, dtype=torch.uint8)
-        frame = peer.frame(Kind.REQUEST, {"request": 1, "cut": 0, "t": 0.0}, [image], RawCodec())
+        frame = peer.encode(Kind.REQUEST, {"request": 1, "cut": 0, "t": 0.0}, [image], RawCodec())
         try:
             peer.sock.sendall(frame[:4096])
             for byte in frame[4096:]:
@@ -364,7 +319,7 @@ class Attack:
 
         peer = self.peer(insider=True)
         try:
-            peer.send(peer.frame(Kind.REQUEST, {"request": 1, "cut": 0, "t": 0.0}, [bomb]))
+            peer.frame(Kind.REQUEST, {"request": 1, "cut": 0, "t": 0.0}, [bomb])
             peer.drain(2.0)
             self.count("bombs_sent")
         finally:
@@ -409,7 +364,7 @@ class Attack:
         peer = self.peer(insider=True)
         try:
             image = torch.zeros([1, *self.image_shape[1:]], dtype=torch.uint8)
-            peer.send(peer.frame(Kind.REQUEST, {"request": 99, "cut": 0, "t": 0.0}, [image], ZstdCodec()))
+            peer.frame(Kind.REQUEST, {"request": 99, "cut": 0, "t": 0.0}, [image], ZstdCodec())
             peer.drain(1.0)
             return peer.sent[:2]
         finally:

@@ -15,62 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from splitcomp.link.auth import FrameAuth, new_nonce, session_key
+from splitcomp.link.auth import FrameAuth, new_nonce
 from splitcomp.link.codecs import EncodedTensor, JpegCodec, Lz4Codec, PngCodec, RawCodec, ZstdCodec
-from splitcomp.link.wire import MAGIC, PREFIX, VERSION, Frame, FrameReader, Kind, Timeouts, encode_frame
+from splitcomp.link.wire import MAGIC, PREFIX, VERSION, Frame, Kind, encode_frame
 from splitcomp.profile.memory import peak_rss_growth_mib
 from splitcomp.runtime.client import BadAnswer, EdgeClient, HandshakeError, ServerRefused
 from splitcomp.runtime.handshake import Hello, Welcome
+from splitcomp.runtime.raw_peer import RawPeer
 from splitcomp.runtime.security import derive_key
 from splitcomp.runtime.server import ServerSettings
 
 KEY = derive_key("a secret of reasonable length")
 BOMB_BYTES = 256 << 20
-
-
-class RawPeer:
-    """A peer that speaks the protocol by hand, so it can break it anywhere."""
-
-    def __init__(self, port: int, key: bytes | None = None, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
-        self.auth = FrameAuth.device(key) if key else None
-        self.key = key
-        self.reader = FrameReader(self.sock, auth=self.auth)
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
-        self.sock.sendall(data)
-        if self.auth is not None:
-            self.auth.sent()
-
-    def frame(self, kind: Kind, meta: dict, values=(), codec=None) -> None:
-        self.send(encode_frame(kind, meta, values, codec, auth=self.auth))
-
-    def read(self) -> Frame:
-        return self.reader.read(timeouts=Timeouts(idle_s=5, frame_s=5), unauthenticated=(Kind.ERROR,))
-
-    def hello(self, fingerprint: dict) -> Frame:
-        nonce = new_nonce()
-        self.frame(Kind.HELLO, Hello(fingerprint, time.time(), nonce).meta())
-        answer = self.read()
-        if answer.kind is Kind.WELCOME and self.auth is not None:
-            self.auth.use_session_key(session_key(self.key, nonce, Welcome.parse(answer.meta).nonce))
-        return answer
-
-    def closed_by_server(self, within_s: float = 5.0) -> bool:
-        self.sock.settimeout(within_s)
-        try:
-            while self.sock.recv(65536):
-                pass
-            return True
-        except TimeoutError:
-            return False
-        except OSError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 BATCH = 64  # the most a request may carry (ServerSettings.max_batch): the largest declared size
