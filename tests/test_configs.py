@@ -26,3 +26,8 @@ def test_a_copy_names_its_commit_through_the_environment(tmp_path, monkeypatch):
     assert configs.source_commit() == "unknown"
     monkeypatch.setenv("SPLITCOMP_COMMIT", "abc123")
     assert configs.source_commit() == "abc123"
+
+
+def test_the_environment_wins_over_a_copys_own_history(monkeypatch):
+    monkeypatch.setenv("SPLITCOMP_COMMIT", "abc123")  # a lent machine's copy has a history of its own
+    assert configs.source_commit() == "abc123"
