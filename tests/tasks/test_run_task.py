@@ -1,5 +1,6 @@
 """End to end: ``splitcomp-run`` starts a real server process and logs a finished MLflow run."""
 
+import re
 import stat
 
 import pytest
@@ -148,7 +149,7 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_its_records(shared_store, experim
     env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri in this process sets it
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     seen, deadline = b"", time.monotonic() + 180
-    while b"5/400" not in seen and time.monotonic() < deadline and proc.poll() is None:
+    while not past_request(5, seen) and time.monotonic() < deadline and proc.poll() is None:
         seen += os.read(proc.stderr.fileno(), 4096)
     assert proc.poll() is None, seen.decode(errors="replace")[-3000:]
     proc.send_signal(signal.SIGINT)
@@ -162,3 +163,9 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_its_records(shared_store, experim
 
     artifacts = [a.path for a in mlflow.MlflowClient(f"sqlite:///{shared_store}/mlflow.db").list_artifacts(run.info.run_id)]
     assert "records_partial.csv" in artifacts
+
+
+def past_request(n: int, progress: bytes) -> bool:
+    """Whether the progress bar of a 400-request run has shown at least ``n`` requests done (it skips
+    counts: a fast run may show only every 4th, so no literal count is sure to appear)."""
+    return any(n <= int(done) < 400 for done in re.findall(rb"\b(\d+)/400\b", progress))
