@@ -104,18 +104,25 @@ def test_installed_wheel_runs_from_any_folder(venv, tmp_path):
     module, conf, launchers = where.stdout.split()
     assert module.startswith(str(venv)) and conf.startswith(str(venv)), where.stdout
     assert "RayClusterLauncher" in launchers.split(",")  # Hydra finds the shipped launcher
-    # every console script composes its config (all at once: most of their time is importing torch)
-    running = {script: subprocess.Popen([script, "--cfg", "job"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True) for script in SCRIPTS}
-    for script, process in running.items():
-        out, err = process.communicate(timeout=180)
-        assert process.returncode == 0, f"{script}: {err[-2000:]}"
-        assert "\npolicy:" in "\n" + out and "\ntracking:" in "\n" + out, script
-    # a short simulated run, its relative paths resolved in the current folder
-    result = subprocess.run(["splitcomp-run", *TINY_SIM, "tracking.experiment=wheel"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "5 requests" in result.stdout
+    # a short simulated run, its relative paths resolved in the current folder, and beside it every
+    # console script composing its config (all at once: most of their time is importing)
+    simulated = subprocess.Popen(["splitcomp-run", *TINY_SIM, "tracking.experiment=wheel"], cwd=tmp_path, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = {script: subprocess.Popen([script, "--cfg", "job"], cwd=tmp_path, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for script in SCRIPTS}
+    try:
+        for script, process in running.items():
+            out, err = process.communicate(timeout=180)
+            assert process.returncode == 0, f"{script}: {err[-2000:]}"
+            assert "\npolicy:" in "\n" + out and "\ntracking:" in "\n" + out, script
+        out, err = simulated.communicate(timeout=240)
+    finally:
+        for process in (simulated, *running.values()):
+            if process.poll() is None:
+                process.kill()
+    assert simulated.returncode == 0, err[-3000:]
+    assert "5 requests" in out
     assert (tmp_path / "outputs" / "mlflow.db").exists() and list((tmp_path / "outputs" / "profiles").glob("*.json"))
 
 

@@ -10,6 +10,7 @@ TIMEOUT_S = 2.0
 SCENARIO = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset.image_size=64", "link=shaped",
             "link.delay_s=0.002", f"link.max_transfer_s={TIMEOUT_S}", "device.slowdown=10", "server_load=none",
             "profile.batch_sizes=[1]", "profile.repeats=3", "estimator=ewma", "estimator.fast_drop=true",
+            "profile.check=false",  # the give-up is tested here; a busy machine may fail the profile checks
             # 1 Gbit/s, then a dead channel from 0.5 s on
             "channel=step", "channel.steps=[[0,1e9],[0.5,0],[50,1e9]]",
             "arrivals=periodic", "arrivals.interval_s=0.1", "dataset.limit=10"]

@@ -22,42 +22,60 @@ def seed_sweep(client, experiment_id: str, label: str, latencies: dict[str, floa
     return parent.info.run_id
 
 
-@pytest.fixture
-def store(shared_store, experiment_name):
+EXPERIMENT = "two_sweeps"
+
+
+@pytest.fixture(scope="module")
+def store(shared_store):
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{shared_store}/mlflow.db")  # where run_task points the task
-    experiment_id = client.create_experiment(experiment_name)
+    client = MlflowClient(f"sqlite:///{shared_store}/mlflow.db")  # where the tasks log
+    experiment_id = client.create_experiment(EXPERIMENT)
     old = seed_sweep(client, experiment_id, "old_trace", {"dynamic": 30.0, "oracle": 20.0})
     time.sleep(0.01)  # distinct start times: "latest" is well defined
     new = seed_sweep(client, experiment_id, "new_trace", {"dynamic": 11.0, "device_only": 40.0, "oracle": 10.0})
     return {"old": old, "new": new}
 
 
-def test_latest_sweep_by_default_and_a_named_one_on_request(run_task, store, tmp_path):
-    result = run_task("report", "+report.cdf=false")
+BAD = {"unknown_experiment": (["tracking.experiment=nope"], "no MLflow experiment named 'nope'"),
+       "unknown_run": (["+report.parent=0123456789abcdef"], "0123456789abcdef")}
+
+
+@pytest.fixture(scope="module")
+def reports(store, run_tasks_at_once, tmp_path_factory):
+    """name -> (the finished ``splitcomp-report`` process, its output folder): the latest sweep, the
+    old one by its id, and the bad cases of BAD, all of EXPERIMENT, run side by side."""
+    root = tmp_path_factory.mktemp("reports")
+    tasks = {"latest": ["+report.cdf=false"], "named": [f"+report.parent={store['old']}", "+report.cdf=false"],
+             **{name: overrides for name, (overrides, _) in BAD.items()}}
+    results = run_tasks_at_once(root, {name: [f"tracking.experiment={EXPERIMENT}", *overrides]
+                                       for name, overrides in tasks.items()}, module="report")
+    return {name: (result, root / name / "run") for name, result in results.items()}
+
+
+def test_latest_sweep_by_default_and_a_named_one_on_request(reports, store):
+    result, out = reports["latest"]
+    assert result.returncode == 0, result.stderr[-3000:]
     assert f"sweep {store['new']}" in result.stdout and "3 jobs" in result.stdout
-    jobs = pd.read_csv(tmp_path / "run" / "report_jobs.csv")
+    jobs = pd.read_csv(out / "report_jobs.csv")
     assert sorted(jobs["policy"]) == ["device_only", "dynamic", "oracle"]
     ratios = dict(zip(jobs["policy"], jobs["latency_over_oracle"]))
     assert ratios["dynamic"] == pytest.approx(1.1) and ratios["device_only"] == pytest.approx(4.0)
-    policies = pd.read_csv(tmp_path / "run" / "report_policies.csv").set_index("policy")
+    policies = pd.read_csv(out / "report_policies.csv").set_index("policy")
     assert policies.loc["dynamic", "latency_over_oracle_mean"] == pytest.approx(1.1)
-    assert (tmp_path / "run" / "report.md").read_text().startswith("## Jobs")
-    assert (tmp_path / "run" / "latency_per_policy.png").stat().st_size > 0
+    assert (out / "report.md").read_text().startswith("## Jobs")
+    assert (out / "latency_per_policy.png").stat().st_size > 0
 
-    result = run_task("report", f"+report.parent={store['old']}", "+report.cdf=false")
+    result, out = reports["named"]
+    assert result.returncode == 0, result.stderr[-3000:]
     assert f"sweep {store['old']}" in result.stdout and "2 jobs" in result.stdout
-    jobs = pd.read_csv(tmp_path / "run" / "report_jobs.csv")
+    jobs = pd.read_csv(out / "report_jobs.csv")
     assert jobs.set_index("policy").loc["dynamic", "latency_over_oracle"] == pytest.approx(1.5)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["tracking.experiment=nope"], "no MLflow experiment named 'nope'"),
-    (["+report.parent=0123456789abcdef"], "0123456789abcdef"),
-], ids=["unknown_experiment", "unknown_run"])
-def test_bad_experiment_or_run_is_one_sentence(run_task, store, overrides, message):
-    result = run_task("report", *overrides, check=False)
+@pytest.mark.parametrize("case", BAD)
+def test_bad_experiment_or_run_is_one_sentence(reports, case):
+    result, _ = reports[case]
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    assert message in result.stderr.strip().splitlines()[-1]
+    assert BAD[case][1] in result.stderr.strip().splitlines()[-1]
