@@ -59,11 +59,14 @@ from splitcomp.policy import (
     Dynamic,
     EwmaEstimator,
     HarmonicEstimator,
+    KalmanEstimator,
     LastEstimator,
     Oracle,
+    OracleEstimator,
     ServerOnly,
+    WindowEstimator,
 )
-from splitcomp.policy.base import device_only_index
+from splitcomp.policy.base import DecisionContext, device_only_index
 from splitcomp.policy.estimators import RateEstimator
 from splitcomp.profile.latency import CutProfile, LatencyModel, Profiles
 from splitcomp.scenario import BatchLoad, TraceLoad, load_trace
@@ -103,28 +106,42 @@ MAX_TRANSFER_S = 5.0  # conf/link/shaped.yaml
 BASELINES = ("device_only", "server_only", "best_static", "oracle")
 
 
+# each estimator kind: its class and the settings fields it takes besides the common ones
+ESTIMATORS: dict[str, tuple[type[RateEstimator], tuple[str, ...]]] = {
+    "ewma": (EwmaEstimator, ("alpha",)),
+    "harmonic": (HarmonicEstimator, ("n",)),
+    "last": (LastEstimator, ()),
+    "window": (WindowEstimator, ("window_s",)),
+    "kalman": (KalmanEstimator, ("drift", "noise")),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class DynamicSettings:
     """Everything tunable of the dynamic policy and its estimator."""
 
-    estimator: str = "ewma"  # ewma | harmonic | last
+    estimator: str = "ewma"  # a key of ESTIMATORS
     alpha: float = 0.5
     n: int = 5
+    window_s: float = 2.0
+    drift: float = 1.0
+    noise: float = 0.3
     fast_drop: bool = False
     max_age_s: float = 0.5
+    # not searched: the simulator measures a probe of any size exactly, so it would see only
+    # what a larger probe costs, never what it buys on a real link (less timing noise)
+    probe_bytes: int = 16384
     hysteresis: float = 0.0
 
     def make_estimator(self) -> RateEstimator:
-        common = {"max_age_s": self.max_age_s, "fast_drop": self.fast_drop}
-        if self.estimator == "last":
-            return LastEstimator(**common)
-        if self.estimator == "harmonic":
-            return HarmonicEstimator(n=self.n, **common)
-        return EwmaEstimator(alpha=self.alpha, **common)
+        cls, own = ESTIMATORS[self.estimator]
+        return cls(max_age_s=self.max_age_s, probe_bytes=self.probe_bytes, fast_drop=self.fast_drop,
+                   **{name: getattr(self, name) for name in own})
 
     def label(self) -> str:
-        kind = {"ewma": f"ewma(a={self.alpha})", "harmonic": f"harmonic(n={self.n})"}.get(self.estimator, self.estimator)
-        return f"{kind} fast_drop={self.fast_drop} max_age={self.max_age_s} h={self.hysteresis}"
+        own = ", ".join(f"{name}={getattr(self, name)}" for name in ESTIMATORS[self.estimator][1])
+        return (f"{self.estimator}({own}) fast_drop={self.fast_drop} max_age={self.max_age_s} "
+                f"probe_bytes={self.probe_bytes} h={self.hysteresis}")
 
 
 DEFAULT = DynamicSettings()  # what conf/policy/dynamic.yaml + conf/estimator/ewma.yaml give
@@ -132,9 +149,10 @@ DEFAULT = DynamicSettings()  # what conf/policy/dynamic.yaml + conf/estimator/ew
 # the coordinate search: each step tries these changes of the best settings so far
 SEARCH: list[list[dict]] = [
     [{"estimator": "ewma", "alpha": a} for a in (0.3, 0.5, 0.8)] + [{"estimator": "harmonic", "n": n} for n in (3, 5)]
-    + [{"estimator": "last"}],
+    + [{"estimator": "last"}] + [{"estimator": "window", "window_s": w} for w in (0.5, 1.0, 2.0)]
+    + [{"estimator": "kalman", "drift": d} for d in (1.0, 3.0)],
     [{"fast_drop": False}, {"fast_drop": True}],
-    [{"max_age_s": a} for a in (0.25, 0.5, 1.0)],
+    [{"max_age_s": a} for a in (0.25, 0.5, 1.0, 2.0)],
     [{"hysteresis": h} for h in (0.0, 0.05, 0.1)],
 ]
 
@@ -208,7 +226,19 @@ def run_policy(window: Window, policy, estimator: RateEstimator | None = None) -
     cuts = Counter(r.cut_name for r in records)
     return {"mean_s": float(lat.mean()), "p95_s": float(np.percentile(lat, 95)),
             "top_cut_share": cuts.most_common(1)[0][1] / len(records),
-            "cut_shares": {k: v / len(records) for k, v in cuts.items()}, "fallbacks": stats.get("fallbacks", 0)}
+            "cut_shares": {k: v / len(records) for k, v in cuts.items()}, "fallbacks": stats.get("fallbacks", 0),
+            "probes": stats.get("probes", 0), "probe_ms": float(np.mean([r.probe_s for r in records]) * 1e3),
+            "wait_ms": float(np.mean([r.wait_s for r in records]) * 1e3)}
+
+
+class DynamicKnowingLoad(Dynamic):
+    """Dynamic reading the true server load and RTT of the moment instead of the reported load
+    and the probed RTT: a diagnostic that shows what reading the load costs (not a device)."""
+
+    name = "dynamic_true_load"
+
+    def choose(self, ctx: DecisionContext) -> int:
+        return super().choose(dataclasses.replace(ctx, load=ctx.true_load, rtt_estimate_s=ctx.true_rtt_s))
 
 
 def run_dynamic(window: Window, settings: DynamicSettings) -> dict:
@@ -253,6 +283,9 @@ def evaluate(windows: list[Window], base: list[dict], tuned: DynamicSettings, pr
         result = dict(policies)
         result["dynamic"] = run_dynamic(window, tuned)
         result["dynamic_default"] = run_dynamic(window, DEFAULT)
+        # diagnostics: what dynamic loses by reading the load, and by estimating the rate
+        result["dynamic_true_load"] = run_policy(window, DynamicKnowingLoad(tuned.hysteresis), tuned.make_estimator())
+        result["dynamic_true_now"] = run_policy(window, DynamicKnowingLoad(tuned.hysteresis), OracleEstimator())
         rows.append({**window.describe(), "policies": result})
     return rows
 
@@ -307,11 +340,19 @@ def print_table(table: dict) -> None:
 
 
 def compute_targets(rows: list[dict]) -> list[dict]:
+    """The two targets on the test windows. "Dynamic mean latency <= 1.05x the oracle's": each
+    window's ratio of mean latencies, averaged over the windows, so that every scenario counts
+    the same whatever its latencies (``pooled_ratio``, the ratio of the summed means, is given
+    beside it). "Better than best_static in >= 95 % of the windows where the best cut changes":
+    the oracle's own choices say where it changes (:func:`changing`); the oracle and
+    best_static are run without the dynamic policy's estimator or settings (they never probe)."""
     moving = changing(rows)
     wins = [r["policies"]["dynamic"]["mean_s"] < r["policies"]["best_static"]["mean_s"] for r in moving]
     return [
         {"name": "dynamic_mean_over_oracle", "value": float(np.mean([ratio(r, "dynamic") for r in rows])),
-         "op": "<=", "target": 1.05, "aggregate": "mean over test windows", "windows": len(rows)},
+         "op": "<=", "target": 1.05, "aggregate": "mean over test windows", "windows": len(rows),
+         "pooled_ratio": float(sum(r["policies"]["dynamic"]["mean_s"] for r in rows)
+                               / sum(r["policies"]["oracle"]["mean_s"] for r in rows))},
         {"name": "dynamic_beats_best_static_share", "value": float(np.mean(wins)) if wins else float("nan"),
          "op": ">=", "target": 0.95, "aggregate": "test windows where the best cut changes", "windows": len(moving)},
     ]

@@ -6,9 +6,11 @@ from splitcomp.policy.dynamic import Dynamic
 from splitcomp.policy.estimators import (
     EwmaEstimator,
     HarmonicEstimator,
+    KalmanEstimator,
     LastEstimator,
     OracleEstimator,
     RateEstimator,
+    WindowEstimator,
 )
 from splitcomp.policy.neurosurgeon import Neurosurgeon
 from splitcomp.policy.oracle import BestStatic, Oracle
@@ -22,6 +24,7 @@ __all__ = [
     "Dynamic",
     "EwmaEstimator",
     "HarmonicEstimator",
+    "KalmanEstimator",
     "LastEstimator",
     "Neurosurgeon",
     "Oracle",
@@ -30,5 +33,6 @@ __all__ = [
     "RateEstimator",
     "ServerOnly",
     "Static",
+    "WindowEstimator",
     "resolve_cut",
 ]

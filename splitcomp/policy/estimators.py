@@ -51,12 +51,12 @@ class RateEstimator(ABC):
             return  # an instantaneous transfer says nothing about the rate
         if self.fast_drop and (current := self._value()) is not None and rate < current:
             self._clear()  # the rate fell: the new sample alone is the estimate
-        self._add(rate)
+        self._add(rate, t)
         self._last_t = t if self._last_t is None else max(self._last_t, t)
 
     @abstractmethod
-    def _add(self, rate_bps: float) -> None:
-        """Take one measured rate into the estimate."""
+    def _add(self, rate_bps: float, t: float) -> None:
+        """Take one measured rate, known at time ``t``, into the estimate."""
 
     @abstractmethod
     def _value(self) -> float | None:
@@ -98,7 +98,7 @@ class LastEstimator(RateEstimator):
         super().__init__(max_age_s, probe_bytes, fast_drop)
         self._rate: float | None = None
 
-    def _add(self, rate_bps: float) -> None:
+    def _add(self, rate_bps: float, t: float) -> None:
         self._rate = rate_bps
 
     def _value(self) -> float | None:
@@ -121,7 +121,7 @@ class EwmaEstimator(RateEstimator):
         self.alpha = float(alpha)
         self._rate: float | None = None
 
-    def _add(self, rate_bps: float) -> None:
+    def _add(self, rate_bps: float, t: float) -> None:
         self._rate = rate_bps if self._rate is None else self.alpha * rate_bps + (1 - self.alpha) * self._rate
 
     def _value(self) -> float | None:
@@ -143,7 +143,7 @@ class HarmonicEstimator(RateEstimator):
         self.n = int(n)
         self._samples: deque[float] = deque(maxlen=self.n)
 
-    def _add(self, rate_bps: float) -> None:
+    def _add(self, rate_bps: float, t: float) -> None:
         self._samples.append(rate_bps)
 
     def _value(self) -> float | None:
@@ -155,6 +155,82 @@ class HarmonicEstimator(RateEstimator):
 
     def _clear(self) -> None:
         self._samples.clear()
+
+
+class WindowEstimator(RateEstimator):
+    """Harmonic mean of the samples measured in the last ``window_s`` seconds (the newest one
+    always counts): a sliding window in time rather than in samples, so a burst of requests
+    does not flush the window and a sample from long ago does not linger."""
+
+    name = "window"
+
+    def __init__(self, window_s: float = 2.0, max_age_s: float = 0.5, probe_bytes: int = 16384,
+                 fast_drop: bool = False) -> None:
+        super().__init__(max_age_s, probe_bytes, fast_drop)
+        if not window_s > 0:
+            raise ConfigError(f"window estimator window_s must be positive, got {window_s}; set estimator.window_s > 0.")
+        self.window_s = float(window_s)
+        self._samples: deque[tuple[float, float]] = deque()  # (time known, rate)
+
+    def _add(self, rate_bps: float, t: float) -> None:
+        self._samples.append((t, rate_bps))
+        while self._samples[0][0] < t - self.window_s:
+            self._samples.popleft()
+
+    def _value(self) -> float | None:
+        if not self._samples:
+            return None
+        rates = [r for _, r in self._samples]
+        if min(rates) <= 0:
+            return 0.0  # an outage in the window pulls the harmonic mean to zero
+        return len(rates) / sum(1.0 / r for r in rates)
+
+    def _clear(self) -> None:
+        self._samples.clear()
+
+
+class KalmanEstimator(RateEstimator):
+    """A scalar Kalman filter on the rate, for samples that come at irregular times.
+
+    The rate is modelled as a random walk whose standard deviation grows by ``drift`` times the
+    rate per square root of a second, and each sample measures it with a standard deviation of
+    ``noise`` times the rate (variances relative to the rate, so a fall from 100 to 5 Mbit/s
+    leaves no huge absolute variance behind). The gain therefore depends on the time since the
+    last sample: samples close together are averaged (like an EWMA), while a sample after a
+    pause, when the old estimate says little, all but replaces it (like ``last``)."""
+
+    name = "kalman"
+
+    def __init__(self, drift: float = 1.0, noise: float = 0.3, max_age_s: float = 0.5, probe_bytes: int = 16384,
+                 fast_drop: bool = False) -> None:
+        super().__init__(max_age_s, probe_bytes, fast_drop)
+        if not drift > 0 or not noise > 0:
+            raise ConfigError(f"kalman drift and noise must be positive, got {drift} and {noise}; "
+                              "set estimator.drift and estimator.noise > 0.")
+        self.drift, self.noise = float(drift), float(noise)
+        self._rate: float | None = None
+        self._relative_variance = 0.0  # of the estimate, over its square
+        self._sample_t = 0.0
+
+    def gain(self, elapsed_s: float) -> float:
+        """The weight of a new sample taken ``elapsed_s`` seconds after the previous one."""
+        predicted = self._relative_variance + self.drift ** 2 * max(0.0, elapsed_s)
+        return predicted / (predicted + self.noise ** 2)
+
+    def _add(self, rate_bps: float, t: float) -> None:
+        if self._rate is None:
+            self._rate, self._relative_variance, self._sample_t = rate_bps, self.noise ** 2, t
+            return
+        gain = self.gain(t - self._sample_t)
+        self._rate += gain * (rate_bps - self._rate)
+        self._relative_variance = (1.0 - gain) * (self._relative_variance + self.drift ** 2 * max(0.0, t - self._sample_t))
+        self._sample_t = max(self._sample_t, t)
+
+    def _value(self) -> float | None:
+        return self._rate
+
+    def _clear(self) -> None:
+        self._rate, self._relative_variance = None, 0.0
 
 
 class OracleEstimator(RateEstimator):
@@ -169,7 +245,7 @@ class OracleEstimator(RateEstimator):
     def bind(self, uplink: Trace | None) -> None:
         self._trace = uplink
 
-    def _add(self, rate_bps: float) -> None:
+    def _add(self, rate_bps: float, t: float) -> None:
         pass
 
     def _value(self) -> float | None:

@@ -27,7 +27,7 @@ def test_option_instantiates(group, option):
 def test_every_group_has_its_options():
     assert {p.stem for p in (CONF / "policy").glob("*.yaml")} >= {
         "device_only", "server_only", "static", "best_static", "dynamic", "oracle", "neurosurgeon", "bandit"}
-    assert {p.stem for p in (CONF / "estimator").glob("*.yaml")} == {"last", "ewma", "harmonic", "oracle"}
+    assert {p.stem for p in (CONF / "estimator").glob("*.yaml")} == {"last", "ewma", "harmonic", "window", "kalman", "oracle"}
     assert {p.stem for p in (CONF / "arrivals").glob("*.yaml")} == {"closed_loop", "periodic", "poisson"}
 
 
