@@ -9,7 +9,8 @@ the same per-request time. The calibration therefore fits, per cut, a batch's re
 times to the fit (drawn per batch in the simulator). The answer's way back after the tail (the
 server's handling, encoding, the device thread reading it among the others) grows with the
 batch, as the batch's answers are sent one after another: it is fitted as ``a + b * n`` with its
-residuals. Cuts the calibration run never offloaded fall back to their profile times the median
+residuals. Encoding and pacing an upload take a little longer than the profile and the trace
+say (the pacer's chunks, the interpreter shared): the median excess is added to every upload. Cuts the calibration run never offloaded fall back to their profile times the median
 ratio. All of it is measured on another seed than the run it is compared with.
 """
 
@@ -65,6 +66,7 @@ class ServerTiming:
     profile_ratio: float = 1.0  # real / profiled, for cuts without a line
     answer_line: Line = Line(0.0, 0.0)  # seconds after the tail, by the batch's size
     answer_residuals: list[float] = field(default_factory=list)
+    send_extra_s: float = 0.0  # encoding and pacing an upload beyond the profile and the trace
 
     def batch_seconds(self, cut: CutProfile, n: int, rng: np.random.Generator) -> float:
         line = self.batch_lines.get(cut.index)
@@ -79,7 +81,7 @@ class ServerTiming:
         lines = {f"batch_ms_cut{c}_fixed": 1e3 * v.fixed for c, v in self.batch_lines.items()}
         lines.update({f"batch_ms_cut{c}_per_request": 1e3 * v.slope for c, v in self.batch_lines.items()})
         return {**lines, "profile_ratio": self.profile_ratio, "answer_ms_fixed": 1e3 * self.answer_line.fixed,
-                "answer_ms_per_request": 1e3 * self.answer_line.slope}
+                "answer_ms_per_request": 1e3 * self.answer_line.slope, "send_extra_ms": 1e3 * self.send_extra_s}
 
 
 def _draw(values: Sequence[float], rng: np.random.Generator) -> float:
@@ -118,8 +120,10 @@ class Calibration:
         residuals = [a - answer.at(n) for n, a in zip(sizes, after)]
         device = [r.device_s / by_index[r.cut].head_at(1) for records, _ in runs for d in records for r in d
                   if not r.fallback and r.cut in by_index and by_index[r.cut].head_at(1) >= MIN_HEAD_S]
+        send = [r.encode_s + r.uplink_s - by_index[r.cut].encode_s - 8 * r.bytes_up / r.rate_trace_bps
+                for r in answered if r.cut in by_index and r.rate_trace_bps > 0]
         timing = ServerTiming(lines, sorted(ratios), float(np.median(profiled)) if profiled else 1.0, answer,
-                              sorted(residuals))
+                              sorted(residuals), max(0.0, float(np.median(send))) if send else 0.0)
         return cls(timing, sorted(device))
 
     def summary(self) -> dict[str, float]:

@@ -247,22 +247,26 @@ class FleetSimBackend(SimBackend):
         self.answer_rng = np.random.default_rng([env.seed, 0xA45])
 
     def serve(self, job: Job) -> Served:
-        """As the simulator serves, plus the answer's calibrated way back after a batch of n."""
+        """As the simulator serves, plus the calibrated excess of the real upload (which reaches
+        the server that much later: see ``_server_side``) and the answer's way back after a
+        batch of n."""
         served = super().serve(job)
         if served.report is not None and not served.failed:
+            send = self.server.timing.send_extra_s
             extra = self.server.timing.answer_seconds(served.report.batch_requests, self.answer_rng)
-            served = dataclasses.replace(served, t_done=served.t_done + extra,
-                                         downlink_s=served.downlink_s + extra)
+            served = dataclasses.replace(served, t_done=served.t_done + extra, uplink_s=served.uplink_s + send,
+                                         queue_s=served.queue_s - send, downlink_s=served.downlink_s + extra)
             self.t = served.t_done
         return served
 
     def _server_side(self, cut: CutProfile, t_send: float, t_queued: float,
                      server_f: float) -> tuple[float, float, ServerReport]:
-        job = SimJob(cut, t_queued, self.wake)
+        send = self.server.timing.send_extra_s
+        job = SimJob(cut, t_queued + send, self.wake)
         self.server.arrive(job)
         self.server.clock.block(self.wake)
         assert job.report is not None
-        return job.queue_s, job.server_s, job.report
+        return job.queue_s + send, job.server_s, job.report  # serve() moves ``send`` to the uplink
 
     def _probe_report(self, t: float) -> ServerReport:
         self.server.clock.sleep_until(t, self.wake)
