@@ -6,10 +6,11 @@
   ``device_only``; ``server_only`` too without ``--quick``). Herding shows in the table as the
   share of requests offloaded, its swing from one second to the next (``offload_share_std``), the
   batch sizes, and in the plots as the fleet's offloaded share and the server's queue over time.
-* **tuning** (never graded): real runs of ``dynamic`` and ``fleet_aware`` on the tuning seed 0
-  (half as long) calibrate the simulator (:mod:`splitcomp.fleet.calibration`); the fleet-aware
-  policy's ``margin`` and ``retry_s`` are then chosen in the calibrated simulator on seed 0. The
-  graded fleets run the fleet's own seed (1).
+* **tuning** (never graded): right before each policy's graded run, a real run of the same
+  policy on the tuning seed 0 (half as long) calibrates its simulator
+  (:mod:`splitcomp.fleet.calibration`; this machine's speed drifts over minutes); the fleet-aware
+  policy's ``margin`` and ``retry_s`` are chosen in its calibrated simulator on seed 0. The graded
+  fleets run the fleet's own seed (1).
 * **sim**: the graded 16-device scenario in the calibrated simulator (the sim-vs-real error of
   the fleet's mean and p95 latency, for every policy run for real), and the 1,000-device fleet
   of ``conf/fleet/thousand.yaml`` (same offered load; its wall time).
@@ -132,36 +133,43 @@ def main() -> None:
             return run_real_fleet(envs, work.model, work.plan, work.example, work.fingerprint, work.codec, images,
                                   settings, cache=cache, progress=bar.update)
 
-    # tuning seed: calibrate the simulator on real runs, then choose the fleet-aware parameters in it
+    # Each policy's simulator is calibrated on a real run of that policy on the tuning seed, run
+    # right before its graded run: this machine's speed drifts by tens of percent over minutes as
+    # other work comes and goes, so a calibration taken long before misstates the server.
     tuning = dataclasses.replace(spec, seed=TUNING_SEED)
     short = dataclasses.replace(tuning, requests=max(1, spec.requests // 2))
-    calibration_runs = [run_real(short, name, policy_factories()[name]) for name in ("dynamic", "fleet_aware")]
-    calibration = Calibration.from_runs(work.profiles.cuts, [(r.records, r.batches) for r in calibration_runs])
-    grid = {}
-    for params in tqdm(FLEET_AWARE_GRID, desc="tuning fleet_aware in the simulator, seed 0"):
-        figures, *_ = simulate(tuning, work, policy_factories(params)["fleet_aware"], calibration)
-        grid[params] = figures.latency_ms_p95
-    chosen = min(grid, key=grid.__getitem__)
-    policies = policy_factories(chosen)
-    result["tuning"] = {"seed": TUNING_SEED, "calibration_requests": short.requests,
-                        "calibration": calibration.summary(), "chosen": {"margin": chosen[0], "retry_s": chosen[1]},
-                        "grid_p95_ms": [{"margin": m, "retry_s": r, "p95_ms": v} for (m, r), v in grid.items()]}
-
     real_policies = ["dynamic", "fleet_aware", "device_only"] + ([] if args.quick else ["server_only"])
+    calibrations: dict[str, Calibration] = {}
     real, real_figures, real_batches = {}, {}, {}
+    grid: dict[tuple[float, float], float] = {}
+    chosen = (0.1, 0.5)
     for name in real_policies:
-        run = run_real(spec, name, policies[name])
+        calibration_run = run_real(short, name, policy_factories(chosen)[name])
+        calibrations[name] = Calibration.from_runs(work.profiles.cuts,
+                                                   [(calibration_run.records, calibration_run.batches)])
+        if name == "fleet_aware":  # its parameters: chosen in the calibrated simulator, on the tuning seed
+            for params in tqdm(FLEET_AWARE_GRID, desc="tuning fleet_aware in the simulator, seed 0"):
+                figures, *_ = simulate(tuning, work, policy_factories(params)["fleet_aware"], calibrations[name])
+                grid[params] = figures.latency_ms_p95
+            chosen = min(grid, key=grid.__getitem__)
+        run = run_real(spec, name, policy_factories(chosen)[name])
         figures = fleet_figures(run.records, run.batches, run.wall_s)
         real[name] = {**summary(figures, run.records, run.batches), "wall_s": run.wall_s}
         real_figures[name], real_batches[name] = figures, run.batches
+    policies = policy_factories(chosen)
+    result["tuning"] = {"seed": TUNING_SEED, "calibration_requests": short.requests,
+                        "calibration": {name: c.summary() for name, c in calibrations.items()},
+                        "chosen": {"margin": chosen[0], "retry_s": chosen[1]},
+                        "grid_p95_ms": [{"margin": m, "retry_s": r, "p95_ms": v} for (m, r), v in grid.items()]}
 
     sim16, sim16_figures, sim16_batches = {}, {}, {}
     sim1000, sim1000_figures = {}, {}
+    server_model = calibrations["fleet_aware"]  # the run that offloaded the most, for policies not run for real
     for name, make_policy in tqdm(policies.items(), desc="simulated fleets"):
-        figures, records, batches, wall = simulate(spec, work, make_policy, calibration)
+        figures, records, batches, wall = simulate(spec, work, make_policy, calibrations.get(name, server_model))
         sim16[name] = {**summary(figures, records, batches), "wall_s": wall}
         sim16_figures[name], sim16_batches[name] = figures, batches
-        figures, records, batches, wall = simulate(large, work, make_policy, calibration)
+        figures, records, batches, wall = simulate(large, work, make_policy, server_model)
         sim1000[name] = {**summary(figures, records, batches), "wall_s": wall}
         sim1000_figures[name] = figures
         del records
