@@ -9,7 +9,8 @@ server's work and every byte on the wire are real, and only the devices' compute
 
 Each device is a :class:`~splitcomp.loop.RequestLoop` on a
 :class:`~splitcomp.runtime.socket_runtime.SocketBackend` in its own thread, with its own clock,
-link, connection, policy and estimator; all start together.
+link, connection, policy and estimator. Every device connects to the server first; then all
+start together (scenario time 0), as a fleet does when its server comes back.
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ def run_real_fleet(envs: Sequence[RunEnv], model: torch.nn.Module, plan: Any, ex
         if progress is not None:
             loop.on_record = lambda record: progress(1)
         loops.append(loop)
-    started = time.perf_counter()
     try:
+        for loop in loops:  # the fleet is connected before its clock starts, as after a server restart
+            loop.backend.reconnector.get()
+        started = time.perf_counter()
         errors = _run_together(loops)
     finally:
         server.stop()

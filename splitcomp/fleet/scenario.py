@@ -2,7 +2,9 @@
 
 Device ``i`` replays trace ``traces[i % len(traces)]`` from ``(i // len(traces)) *
 window_spacing_s`` seconds on (so devices on the same file see different windows of it), sends
-Poisson arrivals at ``rate_hz`` with its own seed, and runs its own instance of the policy.
+requests at ``rate_hz`` with its own seed, and runs its own instance of the policy. Arrivals
+are ``poisson`` (independent devices) or ``periodic``: every device on the same frame clock,
+as cameras triggered together are, so that their requests come due at the same instants.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from splitcomp.loop import RunEnv
 from splitcomp.policy.base import Policy
 from splitcomp.policy.estimators import RateEstimator
 from splitcomp.profile.latency import CutProfile, LatencyModel
-from splitcomp.scenario.arrivals import Poisson
+from splitcomp.scenario.arrivals import Arrivals, Periodic, Poisson
 from splitcomp.scenario.loaders import trace_window
 from splitcomp.scenario.trace import Trace
+
+ARRIVALS: dict[str, Callable[[float], Arrivals]] = {
+    "poisson": Poisson, "periodic": lambda rate_hz: Periodic(1.0 / rate_hz)}
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class FleetSpec:
     requests: int = 300  # per device
     seed: int = 0
     timeout_s: float = 2.0  # an upload or answer taking longer falls back to the device
+    arrivals: str = "poisson"  # or "periodic"
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> FleetSpec:
@@ -66,6 +72,8 @@ class FleetSpec:
         for name in ("window_s", "rate_hz", "timeout_s"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"fleet.{name} must be positive, got {getattr(self, name)!r}.")
+        if self.arrivals not in ARRIVALS:
+            raise ConfigError(f"fleet.arrivals must be one of {sorted(ARRIVALS)}, got {self.arrivals!r}.")
         if self.window_spacing_s < 0:
             raise ConfigError(f"fleet.window_spacing_s must be at least 0, got {self.window_spacing_s!r}.")
         if not isinstance(self.requests, int) or self.requests < 1:
@@ -95,7 +103,7 @@ def device_envs(spec: FleetSpec, candidates: list[CutProfile], latency_model: La
                 rtt_s: float = 0.0) -> list[RunEnv]:
     """One run environment per device: its own trace window, arrivals, seed, policy and estimator."""
     return [RunEnv(candidates=candidates, latency_model=latency_model, policy=make_policy(),
-                   estimator=make_estimator(), arrivals=Poisson(spec.rate_hz), uplink=uplink,
+                   estimator=make_estimator(), arrivals=ARRIVALS[spec.arrivals](spec.rate_hz), uplink=uplink,
                    n_requests=spec.requests, seed=spec.seed * 100_003 + i, rtt_s=rtt_s,
                    timeout_s=spec.timeout_s, sim_options={"noise": 0.0})
             for i, uplink in enumerate(spec.uplinks())]

@@ -57,8 +57,14 @@ class FleetWorkload:
 
 
 def build_fleet_workload(device_slowdown: float = 20.0, batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
-                         repeats: int = 5, seed: int = 0, width: int = 96) -> FleetWorkload:
-    """The model, its split plan and its profiles on this machine (one thread each side)."""
+                         repeats: int = 5, seed: int = 0, width: int = 96,
+                         device_only_s: float | None = None) -> FleetWorkload:
+    """The model, its split plan and its profiles on this machine (one thread each side).
+
+    ``device_only_s``, when given, sets the emulated device's speed instead of
+    ``device_slowdown``: every head time is scaled so that the whole model takes that long on
+    the device. The device is then the same on a quiet and on a loaded machine (a slowdown
+    times this machine's measured head would change with the load while profiling)."""
     torch.manual_seed(seed)
     model = FleetNet(width).eval()
     example = torch.randint(0, 256, INPUT_SHAPE, dtype=torch.uint8)
@@ -67,5 +73,16 @@ def build_fleet_workload(device_slowdown: float = 20.0, batch_sizes: tuple[int, 
     profiles = profile_plan(plan, example, codec, {"threads": 1, "slowdown": device_slowdown},
                             {"threads": 1, "device": "cpu"}, batch_sizes=list(batch_sizes), repeats=repeats,
                             progress=False)
+    if device_only_s is not None:
+        _pin_device(profiles, device_only_s)
     fingerprint = model_fingerprint(model, tuple(example.shape), example.dtype, codec)
     return FleetWorkload(model, plan, example, codec, fingerprint, profiles)
+
+
+def _pin_device(profiles: Profiles, device_only_s: float) -> None:
+    """Scale every head time (and spread) so that the device-only cut takes ``device_only_s``."""
+    whole = next(c for c in profiles.cuts if c.is_device_only).head_at(1)
+    scale = device_only_s / whole
+    for cut in profiles.cuts:
+        cut.head_s = {b: t * scale for b, t in cut.head_s.items()}
+        cut.head_spread_s = {b: t * scale for b, t in cut.head_spread_s.items()}

@@ -1,16 +1,21 @@
 """Dynamic splitting for a device that knows it is not alone on its edge server.
 
-Plain ``dynamic`` herds: every device reads the same quiet server from its last report and all
-of them offload at once; the queue they build shows only in the next reports, and then all of
-them leave together. Two remedies, each on or off:
+Plain ``dynamic`` herds: the members of one batch get the same report at the same moment and
+decide alike, and a fleet that (re)connects at once offloads at once. Worse, a device that left
+the server reads only stale news of it afterwards: its last answer's report, and probe answers
+whose recent mean queueing delay changes only when some request is served. When the whole fleet
+has left, that mean never drops, and every device keeps believing the server is swamped while
+it idles. Two remedies, each on or off:
 
 * **Randomised choice among near-best cuts** (``margin`` > 0): any cut predicted within the
   fraction ``margin`` of the best is taken with equal probability, so devices whose predictions
   agree still spread over the cuts (and over the server's queue and the device's own compute).
-* **A load forecast from the reported queue** (``forecast`` > 0): the queueing delay the
-  server last reported is taken to persist, grown by ``forecast`` times the share of its
-  requests this device expects others to add while its report ages (the report's age over the
-  device's own request gap): offloading gets dearer the staler and the busier the report.
+* **Randomised back-off on stale reports** (``retry_s`` > 0): once the device's last answer is
+  older than a horizon drawn uniformly from ``[0.5, 1.5] x retry_s x 2^k``, it predicts as if
+  the server were idle, so its next choice may offload and bring a fresh report. ``k`` counts
+  the horizons in a row that ended with the device leaving the server again (at most
+  ``max_backoff``), so a server that really is swamped is retried ever less often; the random
+  horizon keeps devices that left together from coming back together.
 """
 
 from __future__ import annotations
@@ -23,49 +28,52 @@ import numpy as np
 from splitcomp.errors import ConfigError
 from splitcomp.policy.base import DecisionContext, Policy
 from splitcomp.policy.dynamic import predicted_latencies
+from splitcomp.records import ServerLoad
 
 
 class FleetAware(Policy):
     name = "fleet_aware"
     needs_rate_estimate = True
 
-    def __init__(self, margin: float = 0.1, forecast: float = 0.0) -> None:
+    def __init__(self, margin: float = 0.1, retry_s: float = 0.0, max_backoff: int = 4) -> None:
         if not 0 <= margin < 1:
             raise ConfigError(f"fleet_aware margin must be in [0, 1), got {margin}; set policy.margin.")
-        if forecast < 0:
-            raise ConfigError(f"fleet_aware forecast must be at least 0, got {forecast}; set policy.forecast.")
+        if retry_s < 0:
+            raise ConfigError(f"fleet_aware retry_s must be at least 0, got {retry_s}; set policy.retry_s.")
+        if max_backoff < 0:
+            raise ConfigError(f"fleet_aware max_backoff must be at least 0, got {max_backoff}; set policy.max_backoff.")
         self.margin = float(margin)
-        self.forecast = float(forecast)
+        self.retry_s = float(retry_s)
+        self.max_backoff = int(max_backoff)
         self.rng = np.random.default_rng(0)
-        self._last_t: float | None = None
-        self._gap_s = 0.0
-        self._report_t = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._answered_t = 0.0  # when the last answer (a fresh report) arrived
+        self._horizon_s = 0.0
+        self._backoffs = 0
+        self._retrying = False  # the last choice was made as if the server were idle
 
     def prepare(self, env: Any) -> None:
         self.rng = np.random.default_rng([int(env.seed), 0xF1EE7])  # each device draws its own
-        self._last_t, self._gap_s, self._report_t = None, 0.0, 0.0
+        self._reset()
+        self._horizon_s = self._draw_horizon()
 
     def choose(self, ctx: DecisionContext) -> int:
-        self._note_request(ctx.t)
-        latencies = predicted_latencies(self._with_forecast(ctx))
+        self._retrying = self.retry_s > 0 and ctx.t - self._answered_t > self._horizon_s
+        if self._retrying:
+            ctx = dataclasses.replace(ctx, load=ServerLoad())
+        latencies = predicted_latencies(ctx)
         best = min(latencies)
         near = [i for i, latency in enumerate(latencies) if latency <= best * (1.0 + self.margin)]
         return int(near[self.rng.integers(len(near))]) if len(near) > 1 else near[0]
 
     def observe(self, record: Any) -> None:
-        if record.server_s > 0 and not record.fallback:
-            self._report_t = record.t_due + record.latency_s  # an answer just brought a fresh report
+        if record.server_s > 0 and not record.fallback:  # an answer: a fresh report
+            self._answered_t = record.t_due + record.latency_s
+            # an answer to a retry counts one more back-off, until the device stays on the server
+            self._backoffs = min(self._backoffs + 1, self.max_backoff) if self._retrying else 0
+            self._horizon_s = self._draw_horizon()
 
-    def _note_request(self, t: float) -> None:
-        if self._last_t is not None:
-            gap = t - self._last_t
-            self._gap_s = gap if self._gap_s == 0 else 0.8 * self._gap_s + 0.2 * gap
-        self._last_t = t
-
-    def _with_forecast(self, ctx: DecisionContext) -> DecisionContext:
-        if self.forecast == 0 or ctx.load is None or ctx.load.queue_s <= 0 or self._gap_s <= 0:
-            return ctx
-        age = max(0.0, ctx.t - self._report_t)
-        growth = 1.0 + self.forecast * min(age / self._gap_s, 10.0)
-        load = dataclasses.replace(ctx.load, queue_s=ctx.load.queue_s * growth)
-        return dataclasses.replace(ctx, load=load)
+    def _draw_horizon(self) -> float:
+        return float(self.rng.uniform(0.5, 1.5)) * self.retry_s * 2 ** self._backoffs

@@ -22,6 +22,7 @@ def test_shipped_fleets_load_and_give_each_device_its_own_window():
     ({"traces": [TRACE], "rate_hz": -1}, "fleet.rate_hz must be positive"),
     ({"traces": [TRACE], "devcies": 3}, r"unknown keys \['devcies'\]"),
     ({"traces": [TRACE], "requests": 2.5}, "fleet.requests must be a whole number"),
+    ({"traces": [TRACE], "arrivals": "bursty"}, "fleet.arrivals must be one of"),
 ])
 def test_fleet_config_errors_are_one_sentence(values, message):
     with pytest.raises(ConfigError, match=message) as error:
