@@ -47,10 +47,13 @@ def test_dynamic_policy_on_shaped_link_compares_with_baselines(run_task, mlflow_
     result = run_task("run", *SMALL[:-1], "dataset.limit=12", "link=shaped", "channel=square",
                       "compare_with=[device_only,server_only,oracle]")
     assert "x oracle" in result.stdout
+    assert "split" in result.stdout.split("share of requests per cut")[1].splitlines()[1]
     (run,) = mlflow_runs()
     metrics = run.data.metrics
     assert metrics["agreement"] == 1.0 and "oracle_latency_ms_mean" in metrics
     assert "device_only_latency_ms_mean" in metrics and "server_only_latency_ms_mean" in metrics
+    assert metrics["device_only_share_split"] == 0.0 and metrics["server_only_share_split"] == 0.0
+    assert 0.0 <= metrics["share_split"] <= 1.0 and "oracle_share_split" in metrics
 
 
 def test_simulated_runtime_logs_the_same_metrics(run_task, mlflow_runs):
