@@ -43,8 +43,10 @@ start=$(date +%s)
 # each measuring them at the same time.
 splitcomp-profile device.slowdown=10 tracking.experiment="${experiment}_profiles" "${jobless[@]}" > /dev/null
 
+# The sweep's order follows the overrides: load, then trace, then policy, so the five policies of a
+# scenario run one after the other and a sweep stopped early leaves whole scenarios behind.
 splitcomp-run -m hydra/launcher=joblib hydra.launcher.n_jobs="$jobs" \
-  policy="$policies" channel="$channels" server_load="$loads" \
+  server_load="$loads" channel="$channels" policy="$policies" \
   arrivals=periodic arrivals.interval_s=1.0 device.slowdown=10 compare_with=[] runtime.progress=false \
   "${sizes[@]}" \
   tracking.experiment="$experiment" "$@"

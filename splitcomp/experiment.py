@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, config: dict[str, Any]) -> Ex
             raise
         main = results[main_name]
         log_main_run(tracker, main, session.scenario, out_dir)
-        comparison = log_comparison(tracker, results, main_name, out_dir)
+        comparison = log_comparison(tracker, results, main_name, out_dir, split_cuts(session.scenario))
         tracker.log_metrics({"wall_s": time.perf_counter() - started})
         print_summary(tracker, main, comparison, tracking)
     return ExperimentResult(main.metrics, comparison, tracker.run_id)
@@ -99,9 +100,15 @@ def log_main_run(tracker: Any, main: PolicyResult, scenario: Scenario, out_dir: 
     log_run_plots(tracker, records, scenario.uplink, out_dir)
 
 
+def split_cuts(scenario: Scenario) -> set[str]:
+    """The names of the candidate cuts that split the model: neither full offloading nor device-only."""
+    return {c.name for c in scenario.profiles.cuts if not (c.is_full_offload or c.is_device_only)}
+
+
 def log_comparison(tracker: Any, results: dict[str, PolicyResult], main_name: str,
-                   out_dir: Path) -> list[dict[str, Any]]:
-    """One row per policy on the same scenario; latency ratios to the oracle when it ran."""
+                   out_dir: Path, splits: Collection[str] = ()) -> list[dict[str, Any]]:
+    """One row per policy on the same scenario; latency ratios to the oracle when it ran, and the
+    share of requests split at a natural bottleneck (at one of ``splits``)."""
     rows = []
     oracle = results["oracle"].metrics.get("latency_ms_mean") if "oracle" in results else None
     for name, result in results.items():
@@ -110,6 +117,8 @@ def log_comparison(tracker: Any, results: dict[str, PolicyResult], main_name: st
                "latency_ms_p95": m.get("latency_ms_p95"), "agreement": m.get("agreement"),
                "bytes_sent_mean": m.get("bytes_sent_mean"),
                "cut_shares": {k.removeprefix("share_cut_"): v for k, v in m.items() if k.startswith("share_cut_")}}
+        row["split_share"] = sum(v for k, v in row["cut_shares"].items() if k in splits)
+        tracker.log_metrics({"share_split" if name == main_name else f"{name}_share_split": row["split_share"]})
         if oracle:
             row["mean_over_oracle"] = m.get("latency_ms_mean", float("nan")) / oracle
         rows.append(row)
@@ -139,10 +148,12 @@ def print_summary(tracker: Any, main: PolicyResult, comparison: list[dict[str, A
 
 
 def print_cut_shares(comparison: list[dict]) -> None:
-    """The share of each policy's requests per cut (in the candidates' order as first seen)."""
+    """The share of each policy's requests per cut (in the candidates' order as first seen), and
+    the share split at a natural bottleneck (neither full offloading nor device-only)."""
     cuts = list(dict.fromkeys(cut for row in comparison for cut in row.get("cut_shares", {})))
     print("\nshare of requests per cut")
-    print(f"{'policy':<14} " + " ".join(f"{cut[:12]:>12}" for cut in cuts))
+    print(f"{'policy':<14} " + " ".join(f"{cut[:12]:>12}" for cut in cuts) + f" {'split':>8}")
     for row in comparison:
         shares = row.get("cut_shares", {})
-        print(f"{row['policy']:<14} " + " ".join(f"{shares.get(cut, 0.0):12.2f}" for cut in cuts))
+        print(f"{row['policy']:<14} " + " ".join(f"{shares.get(cut, 0.0):12.2f}" for cut in cuts)
+              + f" {row.get('split_share', 0.0):8.2f}")

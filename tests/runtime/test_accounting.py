@@ -14,7 +14,7 @@ from splitcomp.loop import GIVE_UP_MIN_S
 from splitcomp.records import PART_FIELDS, RECORD_FIELDS
 
 BASE = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset.image_size=64", "link=shaped",
-        "server_load=none", "profile.batch_sizes=[1]", "profile.repeats=3", "estimator=ewma",
+        "server_load=none", "device.slowdown=4", "profile.batch_sizes=[1]", "profile.repeats=3", "estimator=ewma",
         "profile.check=false"]  # the accounting is tested here; a busy machine may fail the profile checks
 TIMEOUT_S = 0.3
 DELAY_S = 0.01  # the shaped link's one-way delay (conf/link/shaped.yaml)

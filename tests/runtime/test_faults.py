@@ -238,7 +238,7 @@ def served_config(tmp_path_factory):
         cfg = compose("config", overrides=[
             "model=torchvision", "model.name=mobilenet_v3_small", "dataset=samples", "dataset.image_size=64",
             "link=loopback", "profile.batch_sizes=[1]", "profile.repeats=1", f"profile.cache_dir={tmp}/profiles",
-            "server.io_timeout_s=2.0",
+            "server.io_timeout_s=2.0", "device.slowdown=4", "server_load=bursts",  # the world it was written for
             "profile.check=false"])  # faults are tested here; a busy machine may fail the profile checks
     path = tmp / "config.yaml"
     OmegaConf.save(cfg, path)

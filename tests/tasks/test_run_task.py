@@ -76,10 +76,13 @@ def test_a_secret_reaches_no_saved_file_param_or_tag(runs, mlflow_runs, shared_s
 def test_dynamic_policy_on_shaped_link_compares_with_baselines(runs, mlflow_runs):
     result, _ = finished(runs, "shaped_dynamic")
     assert "x oracle" in result.stdout
+    assert "split" in result.stdout.split("share of requests per cut")[1].splitlines()[1]
     (run,) = mlflow_runs("shaped_dynamic")
     metrics = run.data.metrics
     assert metrics["agreement"] == 1.0 and "oracle_latency_ms_mean" in metrics
     assert "device_only_latency_ms_mean" in metrics and "server_only_latency_ms_mean" in metrics
+    assert metrics["device_only_share_split"] == 0.0 and metrics["server_only_share_split"] == 0.0
+    assert 0.0 <= metrics["share_split"] <= 1.0 and "oracle_share_split" in metrics
 
 
 @WHOLE_BATCH
