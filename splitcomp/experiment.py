@@ -91,6 +91,8 @@ def log_partial(tracker: Any, runtime: Any, results: dict[str, PolicyResult]) ->
 
 def log_main_run(tracker: Any, main: PolicyResult, scenario: Scenario, out_dir: Path) -> None:
     records = main.records
+    if scenario.profiles.measurement is not None:  # how busy the machine was while profiling, the check's verdict
+        tracker.log_params(scenario.profiles.measurement.as_params())
     tracker.log_metrics(main.metrics)
     tracker.log_records(records, "records.csv")
     for key in ("rate_trace_bps", "rate_estimate_bps", "server_load", "cut", "predicted_latency_s", "latency_s"):

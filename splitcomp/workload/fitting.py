@@ -33,7 +33,7 @@ CHECKPOINT_FORMAT = "splitcomp-head/1"
 class FitOptions:
     """How a head is fitted (config group ``train/``)."""
 
-    limit: int | None = 3000  # training images, class-balanced subset (None = the whole train split)
+    limit: int | None = 1500  # training images, class-balanced subset (None = the whole train split)
     batch_size: int = 16  # feature-extraction batch (16 is the fastest on a 2-core CPU)
     weight_decay: float = 0.1  # L2 penalty on the standardised-feature weights
     max_iter: int = 100  # L-BFGS iterations (it converges in about 100 on 1280 features)

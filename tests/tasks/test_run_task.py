@@ -90,6 +90,9 @@ def test_simulated_runtime_logs_the_same_metrics(runs, mlflow_runs):
     finished(runs, "sim")
     (run,) = mlflow_runs("sim")
     assert run.data.metrics["requests"] == 200 and "latency_ms_p95" in run.data.metrics
+    # the profile's measurement conditions travel with the run: a busy machine's profile is visible
+    assert run.data.params["profile_check"] in {"passed", "failed, accepted"}
+    assert float(run.data.params["profile_load.others_cores"]) >= 0
 
 
 BAD_INPUT = {  # case: (overrides, what the error sentence names)
