@@ -38,7 +38,7 @@ def test_resnet18_report_and_mlflow_run(analyses, mlflow_runs):
     assert run.info.status == "FINISHED" and run.info.run_name == "bottlenecks-resnet18"
     metrics = run.data.metrics
     assert metrics["cuts"] == len(rows) and metrics["natural_bottlenecks"] == len(natural)
-    assert 0 < metrics["analysis_s"] < 60
+    assert metrics["analysis_s"] > 0  # logged; its speed is a benchmark's business, not a test's
     artifacts = Path(urlparse(run.info.artifact_uri).path)
     assert {"cuts.csv", "cuts.md", "cuts.png"} <= {path.name for path in artifacts.iterdir()}
 
