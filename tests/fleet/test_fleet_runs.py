@@ -126,5 +126,7 @@ def test_emulated_devices_send_the_real_head_output_and_get_exact_answers(small)
     for record in offloaded:
         assert not record.fallback and record.prediction == record.reference  # the server ran the real tensor
         assert record.bytes_up > by_name[record.cut_name].bytes_up  # the whole tensor crossed, with its frame
-        assert record.device_s == pytest.approx(by_name[record.cut_name].head_at(1), abs=2e-3)
+        # the device waited the profiled head time (a busy machine may wake it late, never early)
+        head_s = by_name[record.cut_name].head_at(1)
+        assert head_s - 1e-3 <= record.device_s <= head_s + 0.05
     assert sum(b.requests for b in result.batches) == len(offloaded)
