@@ -212,18 +212,23 @@ class KalmanEstimator(RateEstimator):
         self._relative_variance = 0.0  # of the estimate, over its square
         self._sample_t = 0.0
 
+    def _predicted_variance(self, elapsed_s: float) -> float:
+        """The estimate's relative variance ``elapsed_s`` seconds after the previous sample."""
+        return self._relative_variance + self.drift ** 2 * max(0.0, elapsed_s)
+
     def gain(self, elapsed_s: float) -> float:
         """The weight of a new sample taken ``elapsed_s`` seconds after the previous one."""
-        predicted = self._relative_variance + self.drift ** 2 * max(0.0, elapsed_s)
+        predicted = self._predicted_variance(elapsed_s)
         return predicted / (predicted + self.noise ** 2)
 
     def _add(self, rate_bps: float, t: float) -> None:
         if self._rate is None:
             self._rate, self._relative_variance, self._sample_t = rate_bps, self.noise ** 2, t
             return
-        gain = self.gain(t - self._sample_t)
+        elapsed_s = t - self._sample_t
+        gain = self.gain(elapsed_s)
         self._rate += gain * (rate_bps - self._rate)
-        self._relative_variance = (1.0 - gain) * (self._relative_variance + self.drift ** 2 * max(0.0, t - self._sample_t))
+        self._relative_variance = (1.0 - gain) * self._predicted_variance(elapsed_s)
         self._sample_t = max(self._sample_t, t)
 
     def _value(self) -> float | None:
