@@ -32,11 +32,17 @@ handshake (:class:`~splitcomp.runtime.client.HandshakeError`) ends the run inste
 runs past the time it should take at the estimate (with some slack), it is abandoned as soon as the rate seen so
 far says the rest of it would take longer than the device needs to finish the request alone. The
 request then falls back (counted in ``fallbacks``) and the abandoned upload informs the estimate,
-as at a deadline.
+as at a deadline. Its answer is waited for ``ANSWER_SLACK`` times the wait the latency model
+expects (decoding, queue, tail, answer and round trip under the last report) plus the longer of
+``ANSWER_MIN_EXTRA_S`` and the rest of the model on the device: beyond its expected wait, a late
+answer then costs at most about twice what finishing alone at once would have (the ski-rental
+rule), where a stalled server or a dead downlink used to cost the whole ``timeout_s``. An answer that did not come counts as a lower bound on the server's
+side (its queueing delay) until the next report, so the device does not keep offloading into it.
 
 **Probes.** Only policies that read the rate estimate (``Policy.needs_rate_estimate``) probe.
-When the estimate will be stale at the next request's due time (``estimator.needs_probe``),
-the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
+When the estimate will be stale at the next request's due time (``estimator.needs_probe``)
+and the request is not already waiting (a device behind its arrivals does not probe once it has
+an estimate: the probe would only hold the waiting request back), the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
 cross within a quarter of the probe's deadline) and the server acknowledges it with its
 report; at most one probe per ``estimator.max_age_s`` (per ``HOPELESS_PROBE_AGES`` of them while
 no offloading cut would pay even at ``PROBE_UPSIDE`` times the estimate). A probe starts as late as it can while
@@ -56,7 +62,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -76,6 +82,10 @@ RTT_WEIGHT = 0.5  # EWMA weight of the newest RTT sample
 # GIVE_UP_MIN_S (the pacer's timing jitter): estimates are never exact
 GIVE_UP_SLACK = 1.5
 GIVE_UP_MIN_S = 0.002
+# an answer is waited for ANSWER_SLACK times its expected wait plus the longer of
+# ANSWER_MIN_EXTRA_S and the rest of the model on the device
+ANSWER_SLACK = 1.5
+ANSWER_MIN_EXTRA_S = 0.02
 MIN_PROBE_BYTES = 1024  # a probe sized to a low estimate still carries this much
 PROBE_UPSIDE = 4.0  # a rate this many times the estimate is within reach of the next probe
 HOPELESS_PROBE_AGES = 4  # probe this many times less often while offloading could not pay at that rate
@@ -158,6 +168,7 @@ class Job:
     cut: CutProfile
     deadline_s: float
     give_up: GiveUp | None = None  # abandon the upload earlier when the device would finish sooner
+    answer_wait_s: float | None = None  # stop waiting for the answer this long after the upload
 
 
 @dataclass
@@ -301,12 +312,14 @@ class RequestLoop:
         now = backend.now()
         if now - self.last_probe_t < estimator.max_age_s or not backend.reachable():
             return None
+        if now > t_due and estimator.estimate(now) is not None:
+            return None  # the request is already waiting: a probe would only hold it back longer
         if not self._offloading_could_pay(now) and now - self.last_probe_t < HOPELESS_PROBE_AGES * estimator.max_age_s:
             return None
         t_probe = max(now, t_due - self.probe_deadline_s)
         backend.wait_until(t_probe)
         self.last_probe_t = t_probe
-        result = backend.probe(self._probe_bytes(t_probe), self.probe_deadline_s)
+        result = backend.probe(self._probe_bytes(t_probe, t_due), self.probe_deadline_s)
         self.stats.probes += 1
         self._learn(result.upload, result.report, result.t_done)
         if result.report is None:
@@ -328,15 +341,16 @@ class RequestLoop:
         return any(model.predict(cut, PROBE_UPSIDE * estimate, load=self.load, rtt_s=rtt).total_s < alone
                    for cut in self.candidates if not cut.is_device_only)
 
-    def _probe_bytes(self, t: float) -> int:
+    def _probe_bytes(self, t: float, t_due: float) -> int:
         """``estimator.probe_bytes``, fewer when the estimate says they would not cross within a
         quarter of the probe's deadline (a probe that times out measures little and holds
-        requests back): at least ``MIN_PROBE_BYTES``."""
+        requests back) or before the request due at ``t_due``: at least ``MIN_PROBE_BYTES``."""
         full = self.env.estimator.probe_bytes
         estimate = capped(self.env.estimator.estimate(t), self.in_flight.cap_bps(t))
         if not estimate:
             return full
-        fits = int(estimate * self.probe_deadline_s / 4 / 8)
+        time_s = min(self.probe_deadline_s / 4, t_due - t - (self.rtt_estimate_s or 0.0))
+        fits = int(estimate * time_s / 8)
         return max(min(full, MIN_PROBE_BYTES), min(full, fits))
 
     def _learn(self, upload: Transfer | None, report: ServerReport | None, t_known: float) -> None:
@@ -353,6 +367,12 @@ class RequestLoop:
                                        upload.t_start + upload.seconds)
         if report is not None:
             self.load = report.as_load()
+
+    def _answer_was_late(self, waited_s: float) -> None:
+        """No answer came within ``waited_s`` of a completed upload: until the next report, the
+        server's side counts as taking at least that long (its queueing delay bounded from below),
+        so the device does not keep offloading into a server or answer path it cannot see."""
+        self.load = replace(self.load, queue_s=max(self.load.queue_s, waited_s))
 
     # --- one request -------------------------------------------------------------------------------
     def context(self, t: float) -> DecisionContext:
@@ -375,6 +395,17 @@ class RequestLoop:
         device_rest_s = max(0.0, self.candidates[self.device_only].head_at(1) - cut.head_at(1))
         return GiveUp(after_s=GIVE_UP_SLACK * expected_s + GIVE_UP_MIN_S, device_rest_s=device_rest_s)
 
+    def _answer_wait(self, cut: CutProfile, predicted: LatencyBreakdown) -> float | None:
+        """How long after its upload the device waits for the answer at ``cut`` before finishing
+        the request alone, or None (the run's ``timeout_s`` only): see the module docstring."""
+        if not (self.env.give_up and self.env.policy.needs_rate_estimate) or cut.is_device_only:
+            return None
+        expected_s = predicted.decode_s + predicted.queue_s + predicted.server_s + predicted.downlink_s + predicted.rtt_s
+        if not math.isfinite(expected_s):
+            return None
+        device_rest_s = max(0.0, self.candidates[self.device_only].head_at(1) - cut.head_at(1))
+        return min(self.env.timeout_s, ANSWER_SLACK * expected_s + max(ANSWER_MIN_EXTRA_S, device_rest_s))
+
     def _request(self, i: int, t_due: float, prev_done: float, probe: _Probe | None) -> RequestRecord:
         t_start = self.backend.now()
         ctx = self.context(t_start)
@@ -383,8 +414,11 @@ class RequestLoop:
         cut = self.candidates[choice]
         predicted = self.env.latency_model.predict(cut, ctx.rate_estimate_bps, load=ctx.load,
                                                    rtt_s=ctx.rtt_estimate_s)
-        served = self.backend.serve(Job(i, cut, self.env.timeout_s, self._give_up(cut, ctx.rate_estimate_bps)))
+        served = self.backend.serve(Job(i, cut, self.env.timeout_s, self._give_up(cut, ctx.rate_estimate_bps),
+                                        self._answer_wait(cut, predicted)))
         self._learn(served.upload, served.report, served.t_done)
+        if served.failed and served.upload is not None and served.upload.completed:
+            self._answer_was_late(served.downlink_s)
         fallback = served.failed or not reachable
         self.stats.fallbacks += fallback
         latency = served.t_done - t_due

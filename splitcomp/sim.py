@@ -153,8 +153,8 @@ class SimBackend:
         t_reply = t_send + uplink_s + cut.decode_s + queue_s + server_s + overhead_s
         bytes_down = self.model.answer_bytes(cut)
         downlink_s = self._transfer(self.downlink, bytes_down, t_reply, job.deadline_s)
-        if downlink_s > job.deadline_s:  # the server gives up on its answer
-            t_failed = t_reply + job.deadline_s
+        t_failed = self._answer_failed_at(job, t_send + uplink_s, t_reply, downlink_s)
+        if t_failed is not None:
             return self._fallback(cut, t_failed, device_f, uplink_s=uplink_s, upload=upload,
                                   downlink_s=t_failed - (t_send + uplink_s), **sent)
         report = dataclasses.replace(report, decode_s=cut.decode_s,
@@ -162,6 +162,16 @@ class SimBackend:
         return self._done(Served(t_reply + downlink_s, uplink_s=uplink_s, decode_s=cut.decode_s, queue_s=queue_s,
                                  server_s=server_s, overhead_s=overhead_s, downlink_s=downlink_s,
                                  bytes_down=bytes_down, report=report, upload=upload, **sent))
+
+    @staticmethod
+    def _answer_failed_at(job: Job, t_uploaded: float, t_reply: float, downlink_s: float) -> float | None:
+        """When the device stops waiting for an answer sent at ``t_reply`` that takes ``downlink_s``
+        (None: it arrives in time): past the job's deadline on the downlink (the server gives up
+        on it), or ``job.answer_wait_s`` after the upload ended, whichever is first."""
+        failed = [t_reply + job.deadline_s] if downlink_s > job.deadline_s else []
+        if job.answer_wait_s is not None and t_reply + downlink_s - t_uploaded > job.answer_wait_s:
+            failed.append(t_uploaded + job.answer_wait_s)
+        return min(failed, default=None)
 
     def _server_side(self, cut: CutProfile, t_send: float, t_queued: float,
                      server_f: float) -> tuple[float, float, ServerReport]:

@@ -326,3 +326,44 @@ def test_probes_thin_out_while_no_offloading_could_pay_even_at_four_times_the_es
     assert all(r["cut_name"] == "output" for r in early)
     assert stats["probes"] <= 20 // 2 + 2  # a probe per 2 s in the dip (every 0.5 s without the rule: ~40)
     assert _offload_share_after(records, 22.5) > 0.9
+
+
+def test_an_answer_held_up_on_the_downlink_is_given_up_and_the_device_stops_offloading():
+    """The uplink stays fast while the downlink dies from 2 s to 6 s: the answer to the first
+    request offloaded into the outage is waited for only about its expected time plus the rest
+    of the model (not the run's 1 s timeout); the device then counts the server's side as at
+    least that slow, runs on its own until a probe's answer comes back, and offloads again after."""
+    fast = Trace([0.0], [300e6], 10.0)
+    dead_down = step([[0, 300e6], [2, 0.0], [6, 300e6]], duration=10)
+    stats = {}
+    records = simulate_env(env(fast, n=100, downlink=dead_down), stats=stats)
+    late = [r for r in records if r["fallback"]]
+    assert 1 <= len(late) <= 2 and stats["fallbacks"] == len(late)
+    for r in late:
+        assert 2.0 <= r["t_start"] < 2.5
+        assert r["uplink_s"] > 0 and r["bytes_down"] == 0 and r["server_s"] == 0
+        # 1.5 x the ~20 ms expected (tail and round trip) + the 80 ms the device needs alone
+        assert r["downlink_s"] == pytest.approx(1.5 * 0.020 + DEVICE_ONLY_S, abs=0.005)
+        assert r["latency_s"] - r["wait_s"] - r["probe_s"] < 0.25  # far below the 1 s timeout
+    assert all(r["cut_name"] == "output" for r in records if late[-1]["t_start"] < r["t_start"] < 6)
+    assert _offload_share_after(records, 7.0) > 0.9
+
+
+def test_without_the_give_up_an_answer_held_up_on_the_downlink_costs_the_whole_timeout():
+    fast = Trace([0.0], [300e6], 10.0)
+    dead_down = step([[0, 300e6], [2, 0.0], [6, 300e6]], duration=10)
+    records = simulate_env(env(fast, n=100, downlink=dead_down, give_up=False))
+    late = [r for r in records if r["fallback"]]
+    assert late and all(r["downlink_s"] >= 1.0 - 1e-9 for r in late)
+
+
+def test_a_probe_never_holds_back_a_request_already_due():
+    """Requests arrive faster than the device serves them alone (a backlog) on a channel slower
+    than any offloading: once the device has an estimate, no probe starts while a request waits."""
+    slow = Trace([0.0], [1e6], 30.0)
+    stats = {}
+    records = simulate_env(env(slow, n=200, arrivals=Periodic(0.05), estimator=EwmaEstimator(max_age_s=0.2)),
+                           stats=stats)
+    assert stats["probes"] >= 1  # the first measurement
+    assert all(r["wait_s"] > 0 for r in records[10:])  # the device is behind throughout
+    assert sum(r["probe_s"] > 0 for r in records[1:]) == 0

@@ -24,7 +24,14 @@ from splitcomp.profile.check import CheckLimits, ProfileCheckError, check_profil
 from splitcomp.profile.latency import CutProfile, Profiles
 from splitcomp.profile.machine import LoadWatch
 from splitcomp.profile.measured import MeasuredProfiles, Measurement
-from splitcomp.profile.timing import check_slowdown, measure, median_and_spread, pinned, torch_threads
+from splitcomp.profile.timing import (
+    check_slowdown,
+    measure,
+    median_and_spread,
+    pinned,
+    torch_threads,
+    work_clock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +137,8 @@ def profile_cut(head: Callable[..., Any], tail: Callable[..., Any], cut: Any, n_
     """Measure one cut given its head and tail modules (see :func:`profile_plan`)."""
     example = example[:1]
     flops = {"head_flops": getattr(cut, "head_flops", None), "tail_flops": getattr(cut, "tail_flops", None)}
-    with device.active():
-        head_times = measure(lambda: head(example), warmup, repeats)
+    with device.active():  # the head's work, timed as the runtime's emulated device times it
+        head_times = measure(lambda: head(example), warmup, repeats, clock=work_clock())
     head_s, head_spread = _median_dict({1: head_times}, device.slowdown)
     if cut.index == n_cuts - 1:  # device-only: nothing crosses, nothing runs on the server
         return CutProfile(cut.index, cut.name, 0, 0, head_s, {b: 0.0 for b in batch_sizes}, 0.0, 0.0,

@@ -35,18 +35,28 @@ def check_slowdown(slowdown: float) -> float:
     return slowdown
 
 
+def work_clock() -> Callable[[], float]:
+    """The clock that times the emulated device's own work: this thread's CPU time while torch
+    computes on the calling thread alone (one intra-op thread, the device default), else wall
+    time. CPU time leaves out the moments other processes hold the core, so a busy machine does
+    not make the emulated device slower still (its waits are multiplied by the slowdown too)."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 def run_on_device(fn: Callable[..., T], *args: Any, slowdown: float = 1.0, **kwargs: Any) -> tuple[T, float, float]:
     """Run ``fn(*args, **kwargs)`` as the (slower) device would.
 
-    The call is timed (``compute_s``), then ``(slowdown - 1) * compute_s`` is waited out so the device
-    side takes ``slowdown`` times what this machine needs. Returns ``(out, compute_s, dilated_s)``,
-    where ``dilated_s`` is the wall time of compute plus wait as really elapsed.
+    The call's work is timed on :func:`work_clock` (``compute_s``), then the device waits until
+    ``slowdown * compute_s`` has passed since the call began, so the device side takes ``slowdown``
+    times what this machine's work needs. Returns ``(out, compute_s, dilated_s)``, where
+    ``dilated_s`` is the wall time of compute plus wait as really elapsed.
     """
     slowdown = check_slowdown(slowdown)
-    start = time.perf_counter()
+    clock = work_clock()
+    start, work_start = time.perf_counter(), clock()
     out = fn(*args, **kwargs)
-    compute_s = time.perf_counter() - start
-    precise_sleep((slowdown - 1.0) * compute_s)
+    compute_s = clock() - work_start
+    precise_sleep(start + slowdown * compute_s - time.perf_counter())
     return out, compute_s, time.perf_counter() - start
 
 
@@ -119,8 +129,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device | None = None) -> list[float]:
-    """Wall times of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (synchronising ``device``)."""
+def measure(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device | None = None,
+            clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Times on ``clock`` (default: wall time) of ``repeats`` calls of ``fn`` after ``warmup``
+    untimed ones (synchronising ``device``)."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"profile.repeats={repeats}, profile.warmup={warmup}; use repeats >= 1 and warmup >= 0")
     device = device or torch.device("cpu")
@@ -129,10 +141,10 @@ def measure(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.devi
     synchronize(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return times
 
 

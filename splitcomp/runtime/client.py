@@ -203,10 +203,12 @@ class EdgeClient:
         self._pending = _request_of(frame)
         return self._send(self._ready(frame), pacer)
 
-    def receive(self) -> Answer:
-        """Wait for the answer to the request sent last; its header is checked before its payload
-        is read, its logits must be finite."""
-        frame = self._read(Kind.RESPONSE, check=self._answer_check(*self._pending))
+    def receive(self, timeout_s: float | None = None) -> Answer:
+        """Wait (at most ``timeout_s``; None: the connection's I/O timeout) for the answer to the
+        request sent last; its header is checked before its payload is read, its logits must be
+        finite."""
+        frame = self._read_within(Kind.RESPONSE, self._answer_check(*self._pending), timeout_s,
+                                  "the device stopped waiting for the answer")
         (logits,) = frame.values()
         if not bool(torch.isfinite(logits).all()):
             self.close()
@@ -225,17 +227,7 @@ class EdgeClient:
 
     def receive_probe_ack(self, timeout_s: float | None = None) -> ServerReport:
         """Wait (at most ``timeout_s``) for the answer to the probe sent last: the server's report."""
-        if self.sock is not None and timeout_s is not None:
-            if timeout_s <= 0:
-                self.close()
-                raise ConnectionLost("the probe's deadline passed before its answer")
-            self.sock.settimeout(timeout_s)
-        try:
-            timeouts = self.timeouts if timeout_s is None else Timeouts(idle_s=timeout_s, frame_s=timeout_s)
-            ack = self._read(Kind.PROBE_ACK, check=_report_check, timeouts=timeouts)
-        finally:
-            if self.sock is not None:
-                self.sock.settimeout(self.io_timeout_s)
+        ack = self._read_within(Kind.PROBE_ACK, _report_check, timeout_s, "the probe's deadline passed before its answer")
         nbytes = self._pending[1]
         if ack.meta.get("bytes") != nbytes:
             self.close()
@@ -271,6 +263,23 @@ class EdgeClient:
         if self.auth is not None:
             self.auth.sent()
         return stats
+
+    def _read_within(self, kind: Kind, check: HeaderCheck, timeout_s: float | None, late: str) -> Frame:
+        """:meth:`_read`, waiting at most ``timeout_s`` (None: the connection's I/O timeouts); a
+        wait that runs out drops the connection (its stream may be mid-message) and raises
+        ``ConnectionLost``, with ``late`` as the message when no time was left at all."""
+        if timeout_s is None:
+            return self._read(kind, check=check)
+        if self.sock is not None:
+            if timeout_s <= 0:
+                self.close()
+                raise ConnectionLost(late)
+            self.sock.settimeout(timeout_s)
+        try:
+            return self._read(kind, check=check, timeouts=Timeouts(idle_s=timeout_s, frame_s=timeout_s))
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.io_timeout_s)
 
     def _read(self, kind: Kind, check: HeaderCheck | None = None, handshake: bool = False,
               timeouts: Timeouts | None = None) -> Frame:

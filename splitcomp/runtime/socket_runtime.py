@@ -234,7 +234,7 @@ class SocketBackend:
         parts["uplink_s"] = watch.lap()
         upload = Transfer(len(frame), parts["uplink_s"] - pacer.delay_s, watch.t0)
         try:
-            answer = client.receive()
+            answer = client.receive(timeout_s=job.answer_wait_s)
         except PeerError:
             self.reconnector.lost()
             parts["downlink_s"] = watch.lap()
