@@ -121,13 +121,13 @@ class DynamicSettings:
     """Everything tunable of the dynamic policy and its estimator."""
 
     estimator: str = "ewma"  # a key of ESTIMATORS
-    alpha: float = 0.5
+    alpha: float = 0.8
     n: int = 5
     window_s: float = 2.0
     drift: float = 1.0
     noise: float = 0.3
     fast_drop: bool = False
-    max_age_s: float = 0.5
+    max_age_s: float = 0.25
     # not searched: the simulator measures a probe of any size exactly, so it would see only
     # what a larger probe costs, never what it buys on a real link (less timing noise)
     probe_bytes: int = 16384

@@ -8,6 +8,8 @@
 #   bash experiments/trace_replay.sh --quick tracking.uri=http://HOST:5000 hydra.launcher.n_jobs=4
 #
 # Extra arguments are Hydra overrides for every job (tracking.* ones also reach the report).
+# The traces are the held-out test traces of bench_policies.py (the dynamic policy's settings were
+# chosen on its tuning traces): one 3G, two 4G, one 5G and one WiFi trace.
 # Requests arrive once a second (arrivals=periodic), so every policy of a scenario sees the same
 # request start times on the same stretch of trace, and the oracle is a per-request lower bound.
 # The device is 10x slower than this machine (device.slowdown=10, as in paper_grid.py), so that
@@ -21,12 +23,12 @@ if [[ "${1:-}" == "--quick" ]]; then mode=quick; shift; fi
 experiment="trace_replay_${mode}"
 policies="dynamic,device_only,server_only,best_static,oracle"
 if [[ $mode == quick ]]; then
-  channels="lte_driving,hsdpa_bus"
+  channels="lte_driving,hsdpa_tram"
   loads="none,batch"
   sizes=(dataset.limit=8 channel.duration=30)
   jobs=2
 else
-  channels="lte_driving,hsdpa_bus,nr5g_driving,umts_driving,wifi_walk"
+  channels="lte_driving,att_lte_driving,hsdpa_tram,nr5g_lte_fallback,wifi_walk13"
   loads="none,batch,clients"
   sizes=(dataset.limit=100 channel.duration=120)
   jobs=2

@@ -89,6 +89,7 @@ ANSWER_MIN_EXTRA_S = 0.02
 MIN_PROBE_BYTES = 1024  # a probe sized to a low estimate still carries this much
 PROBE_UPSIDE = 4.0  # a rate this many times the estimate is within reach of the next probe
 HOPELESS_PROBE_AGES = 4  # probe this many times less often while offloading could not pay at that rate
+STALE_ESTIMATE_S = 5.0  # an estimate this old is probed even when the probe holds a request back
 
 
 @dataclass
@@ -312,9 +313,10 @@ class RequestLoop:
         now = backend.now()
         if now - self.last_probe_t < estimator.max_age_s or not backend.reachable():
             return None
-        if now > t_due and estimator.estimate(now) is not None:
-            return None  # the request is already waiting: a probe would only hold it back longer
-        if not self._offloading_could_pay(now) and now - self.last_probe_t < HOPELESS_PROBE_AGES * estimator.max_age_s:
+        could_pay = self._offloading_could_pay(now)
+        if not could_pay and now - self.last_probe_t < HOPELESS_PROBE_AGES * estimator.max_age_s:
+            return None
+        if self._probe_would_hold_back(now, t_due, could_pay):
             return None
         t_probe = max(now, t_due - self.probe_deadline_s)
         backend.wait_until(t_probe)
@@ -328,6 +330,27 @@ class RequestLoop:
             old = self.rtt_estimate_s
             self.rtt_estimate_s = result.rtt_s if old is None else RTT_WEIGHT * result.rtt_s + (1 - RTT_WEIGHT) * old
         return _Probe(t_probe, result.t_done)
+
+    def _probe_would_hold_back(self, now: float, t_due: float, could_pay: bool) -> bool:
+        """Whether to skip a probe now because it would hold back the request due at ``t_due``:
+        the request is already waiting or, while offloading ``could_pay``, the device became free
+        too close to the due time for even ``MIN_PROBE_BYTES`` to cross at the estimate and back
+        before it (while it could not, the hopeless-channel rule thins the probes instead, or an
+        outage's end would go unseen). Never without an estimate, nor once the estimate is
+        ``STALE_ESTIMATE_S`` old (a device that is never idle must still learn when the channel
+        comes back), nor when the request is due the moment the device is free (closed-loop
+        arrivals leave no better moment). An estimate of zero counts as none."""
+        estimator = self.env.estimator
+        estimate = capped(estimator.estimate(now), self.in_flight.cap_bps(now))
+        age = estimator.age(now)
+        if not estimate or age is None or age >= STALE_ESTIMATE_S:
+            return False
+        if now > t_due:
+            return True
+        if not could_pay:
+            return False
+        needs_s = 8 * MIN_PROBE_BYTES / max(estimate, 1.0) + (self.rtt_estimate_s or 0.0)
+        return 0 < t_due - now < needs_s
 
     def _offloading_could_pay(self, t: float) -> bool:
         """Whether some offloading cut would beat device-only (as the latency model predicts under
