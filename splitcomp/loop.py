@@ -32,20 +32,27 @@ handshake (:class:`~splitcomp.runtime.client.HandshakeError`) ends the run inste
 runs past the time it should take at the estimate (with some slack), it is abandoned as soon as the rate seen so
 far says the rest of it would take longer than the device needs to finish the request alone. The
 request then falls back (counted in ``fallbacks``) and the abandoned upload informs the estimate,
-as at a deadline. Its answer is waited for ``ANSWER_SLACK`` times the wait the latency model
-expects (decoding, queue, tail, answer and round trip under the last report) plus the longer of
-``ANSWER_MIN_EXTRA_S`` and the rest of the model on the device: beyond its expected wait, a late
-answer then costs at most about twice what finishing alone at once would have (the ski-rental
-rule), where a stalled server or a dead downlink used to cost the whole ``timeout_s``. An answer that did not come counts as a lower bound on the server's
-side (its queueing delay) until the next report, so the device does not keep offloading into it.
+as at a deadline.
+
+**Waiting for the answer** (same policies): after a completed upload the device waits for the
+answer ``ANSWER_SLACK`` times the wait the latency model expects (decoding, queue, tail, answer
+and round trip under the last report) plus the longer of ``ANSWER_MIN_EXTRA_S`` and the rest of
+the model on the device, then finishes the request alone (a fallback). Beyond its expected wait a
+late answer then costs at most about twice what finishing alone at once would have (the
+ski-rental rule), where a stalled server or a dead downlink used to cost the whole ``timeout_s``.
+An answer that did not come bounds the server's side from below (as its queueing delay) until
+the next report, so the device does not keep offloading into what it cannot see.
 
 **Probes.** Only policies that read the rate estimate (``Policy.needs_rate_estimate``) probe.
-When the estimate will be stale at the next request's due time (``estimator.needs_probe``)
-and the request is not already waiting (a device behind its arrivals does not probe once it has
-an estimate: the probe would only hold the waiting request back), the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
-cross within a quarter of the probe's deadline) and the server acknowledges it with its
-report; at most one probe per ``estimator.max_age_s`` (per ``HOPELESS_PROBE_AGES`` of them while
-no offloading cut would pay even at ``PROBE_UPSIDE`` times the estimate). A probe starts as late as it can while
+When the estimate will be stale at the next request's due time (``estimator.needs_probe``),
+the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
+cross within a quarter of the probe's deadline, or before the due time) and the server
+acknowledges it with its report; at most one probe per ``estimator.max_age_s`` (per
+``HOPELESS_PROBE_AGES`` of them while no offloading cut would pay even at ``PROBE_UPSIDE`` times
+the estimate). Once it has an estimate, the device does not probe when the probe would hold a
+request back: the request is already waiting, or (while offloading could pay) the device became
+free too close to the due time for the smallest probe to cross and come back; an estimate
+``STALE_ESTIMATE_S`` old is probed all the same. A probe starts as late as it can while
 still ending by the due time if it succeeds within its deadline (``probe_timeout_s`` before the
 due time, or when the device becomes free if that is later), so it costs a request nothing
 unless it runs past the due time: that overrun is the request's ``probe_s``. A probe that has not

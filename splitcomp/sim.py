@@ -9,8 +9,9 @@ crosses the uplink trace after a one-way delay (half the RTT); the server decode
 runs the tail under the true load (:class:`~splitcomp.profile.queueing.TrueLoad`); the answer
 frame crosses the downlink after the one-way delay. The upload follows the shaped link's chunk
 schedule (:func:`~splitcomp.link.shaping.pace`, with the job's give-up rule). An upload or answer
-that would take longer than the job's deadline is abandoned at the deadline and the device finishes the model (its
-device-only time less the head it already ran). A probe crosses the uplink the same way and its
+that would take longer than the job's deadline is abandoned at the deadline, and an answer not
+back within the job's ``answer_wait_s`` of the upload's end is given up then; the device finishes
+the model (its device-only time less the head it already ran). A probe crosses the uplink the same way and its
 answer (a report of the true load) the downlink.
 
 Compute noise: ``noise=None`` (the default) draws each request's device and server time from
