@@ -352,8 +352,8 @@ class RequestLoop:
         age = estimator.age(now)
         if not estimate or age is None or age >= STALE_ESTIMATE_S:
             return False
-        if now > t_due:
-            return True
+        if t_due < self._prev_done:  # due while the device was still busy (on the loop's own clock:
+            return True  # a real clock has moved on a little even when the request is due right now)
         if not could_pay:
             return False
         needs_s = 8 * MIN_PROBE_BYTES / max(estimate, 1.0) + (self.rtt_estimate_s or 0.0)

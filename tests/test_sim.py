@@ -374,3 +374,22 @@ def test_a_request_is_held_back_by_a_probe_only_when_the_estimate_is_stale(inter
     held = [r for r in records[1:] if r["probe_s"] > 0]
     assert stats["probes"] >= 2  # the first measurement, then a stale one at least
     assert 1 <= len(held) <= records[-1]["t_start"] / STALE_ESTIMATE_S + 1
+
+
+def test_a_request_due_the_moment_the_device_is_free_is_not_held_as_waiting_on_a_real_clock():
+    """Closed-loop arrivals: each request is due when the previous one is done. A real backend's
+    clock has moved on a little by the time the loop looks (here 1 ms), which must not count as
+    the request already waiting: at 2 Mbit/s (device-only wins, a split would at 4x the rate)
+    the device keeps probing every max age instead of once per ``STALE_ESTIMATE_S``."""
+    from splitcomp.loop import run_requests
+    from splitcomp.sim import SimBackend
+
+    class LaggingClock(SimBackend):
+        def now(self) -> float:
+            return self.t + 0.001
+
+    run = env(Trace([0.0], [2e6], 30.0), n=150, arrivals=ClosedLoop(), estimator=EwmaEstimator(max_age_s=0.2))
+    stats = {}
+    records = run_requests(run, LaggingClock(run, noise=0.0), stats=stats)
+    assert all(r["cut_name"] == "output" for r in records[5:])
+    assert stats["probes"] >= records[-1]["t_start"] / 0.2 / 2  # about one per max age (12 s: 30+)
