@@ -37,7 +37,7 @@ def test_the_emulated_device_multiplies_its_work_not_the_time_the_core_was_taken
     with torch_threads(1):
         _, compute_s, dilated_s = run_on_device(time.sleep, 0.05, slowdown=4.0)
     assert compute_s < 0.01
-    assert 0.05 <= dilated_s < 0.05 + 0.04  # 4 x 50 ms = 200 ms if wall time were multiplied
+    assert 0.05 <= dilated_s < 0.05 + 0.1  # 4 x 50 ms = 200 ms if wall time were multiplied
 
 
 def test_run_on_device_without_slowdown_does_not_wait():
