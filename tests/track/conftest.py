@@ -26,7 +26,7 @@ POLICIES = ("device_only", "server_only", "oracle")
 TINY = ["runtime=sim", "model=torchvision", "model.name=mobilenet_v3_small", "dataset=samples",
         "dataset.image_size=64", "channel=square", "server_load=none", "compare_with=[]", "profile.batch_sizes=[1,2]", "profile.repeats=2",
         "profile.check=false",  # the jobs profile side by side: the sweep is tested here, not profiles
-        "runtime.noise=0"]  # without compute noise the oracle is a strict lower bound of every policy
+        "runtime.noise=0"]  # no compute noise: the oracle bounds every policy of the same profile
 
 
 def free_port() -> int:
