@@ -338,6 +338,10 @@ class RequestLoop:
             self.rtt_estimate_s = result.rtt_s if old is None else RTT_WEIGHT * result.rtt_s + (1 - RTT_WEIGHT) * old
         return _Probe(t_probe, result.t_done)
 
+    def _rate_estimate(self, t: float) -> float | None:
+        """The estimator's rate at ``t``, capped by the uploads abandoned since one completed."""
+        return capped(self.env.estimator.estimate(t), self.in_flight.cap_bps(t))
+
     def _probe_would_hold_back(self, now: float, t_due: float, could_pay: bool) -> bool:
         """Whether to skip a probe now because it would hold back the request due at ``t_due``:
         the request is already waiting or, while offloading ``could_pay``, the device became free
@@ -348,7 +352,7 @@ class RequestLoop:
         comes back), nor when the request is due the moment the device is free (closed-loop
         arrivals leave no better moment). An estimate of zero counts as none."""
         estimator = self.env.estimator
-        estimate = capped(estimator.estimate(now), self.in_flight.cap_bps(now))
+        estimate = self._rate_estimate(now)
         age = estimator.age(now)
         if not estimate or age is None or age >= STALE_ESTIMATE_S:
             return False
@@ -363,7 +367,7 @@ class RequestLoop:
         """Whether some offloading cut would beat device-only (as the latency model predicts under
         the last reported load) at ``PROBE_UPSIDE`` times the rate estimate: if not, a probe is
         unlikely to change any choice, and the device probes ``HOPELESS_PROBE_AGES`` times less often."""
-        estimate = capped(self.env.estimator.estimate(t), self.in_flight.cap_bps(t))
+        estimate = self._rate_estimate(t)
         if not estimate:
             return True
         model, rtt = self.env.latency_model, self.rtt_estimate_s
@@ -376,7 +380,7 @@ class RequestLoop:
         quarter of the probe's deadline (a probe that times out measures little and holds
         requests back) or before the request due at ``t_due``: at least ``MIN_PROBE_BYTES``."""
         full = self.env.estimator.probe_bytes
-        estimate = capped(self.env.estimator.estimate(t), self.in_flight.cap_bps(t))
+        estimate = self._rate_estimate(t)
         if not estimate:
             return full
         time_s = min(self.probe_deadline_s / 4, t_due - t - (self.rtt_estimate_s or 0.0))
@@ -409,32 +413,39 @@ class RequestLoop:
         estimator = self.env.estimator
         return DecisionContext(
             t=t, candidates=self.candidates, latency_model=self.env.latency_model,
-            rate_estimate_bps=capped(estimator.estimate(t), self.in_flight.cap_bps(t)),
+            rate_estimate_bps=self._rate_estimate(t),
             rate_estimate_age_s=estimator.age(t), rtt_estimate_s=self.rtt_estimate_s, load=self.load,
             uplink=self.env.uplink, downlink=self.env.downlink, true_load=self.true_load.at(t),
             true_rtt_s=self.env.rtt_s,
         )
 
+    def _gives_up(self, cut: CutProfile) -> bool:
+        """Whether an exchange at ``cut`` may be given up early (see the module docstring)."""
+        return self.env.give_up and self.env.policy.needs_rate_estimate and not cut.is_device_only
+
+    def _device_rest_s(self, cut: CutProfile) -> float:
+        """What the device needs to finish a request at ``cut`` alone, its head already run."""
+        return max(0.0, self.candidates[self.device_only].head_at(1) - cut.head_at(1))
+
     def _give_up(self, cut: CutProfile, rate_estimate_bps: float | None) -> GiveUp | None:
         """The give-up rule of an upload at ``cut`` chosen with ``rate_estimate_bps`` (see the
         module docstring), or None when it does not apply."""
-        if not (self.env.give_up and self.env.policy.needs_rate_estimate) or cut.is_device_only:
+        if not self._gives_up(cut):
             return None
         rate = rate_estimate_bps or 0.0
         expected_s = 8.0 * self.env.latency_model.request_bytes(cut) / rate if rate > 0 else 0.0
-        device_rest_s = max(0.0, self.candidates[self.device_only].head_at(1) - cut.head_at(1))
-        return GiveUp(after_s=GIVE_UP_SLACK * expected_s + GIVE_UP_MIN_S, device_rest_s=device_rest_s)
+        return GiveUp(after_s=GIVE_UP_SLACK * expected_s + GIVE_UP_MIN_S, device_rest_s=self._device_rest_s(cut))
 
     def _answer_wait(self, cut: CutProfile, predicted: LatencyBreakdown) -> float | None:
         """How long after its upload the device waits for the answer at ``cut`` before finishing
         the request alone, or None (the run's ``timeout_s`` only): see the module docstring."""
-        if not (self.env.give_up and self.env.policy.needs_rate_estimate) or cut.is_device_only:
+        if not self._gives_up(cut):
             return None
         expected_s = predicted.decode_s + predicted.queue_s + predicted.server_s + predicted.downlink_s + predicted.rtt_s
         if not math.isfinite(expected_s):
             return None
-        device_rest_s = max(0.0, self.candidates[self.device_only].head_at(1) - cut.head_at(1))
-        return min(self.env.timeout_s, ANSWER_SLACK * expected_s + max(ANSWER_MIN_EXTRA_S, device_rest_s))
+        extra_s = max(ANSWER_MIN_EXTRA_S, self._device_rest_s(cut))
+        return min(self.env.timeout_s, ANSWER_SLACK * expected_s + extra_s)
 
     def _request(self, i: int, t_due: float, prev_done: float, probe: _Probe | None) -> RequestRecord:
         t_start = self.backend.now()

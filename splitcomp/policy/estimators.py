@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Sequence
 
 from splitcomp.errors import ConfigError
 from splitcomp.scenario.trace import Trace
@@ -131,6 +132,15 @@ class EwmaEstimator(RateEstimator):
         self._rate = None
 
 
+def harmonic_mean(rates: Sequence[float]) -> float | None:
+    """Harmonic mean of measured rates (None without any); one outage sample pulls it to zero."""
+    if not rates:
+        return None
+    if min(rates) <= 0:
+        return 0.0
+    return len(rates) / sum(1.0 / r for r in rates)
+
+
 class HarmonicEstimator(RateEstimator):
     """Harmonic mean of the last ``n`` samples (robust to single high outliers, as in FESTIVE/MPC)."""
 
@@ -147,11 +157,7 @@ class HarmonicEstimator(RateEstimator):
         self._samples.append(rate_bps)
 
     def _value(self) -> float | None:
-        if not self._samples:
-            return None
-        if min(self._samples) <= 0:
-            return 0.0  # an outage sample pulls the harmonic mean to zero
-        return len(self._samples) / sum(1.0 / r for r in self._samples)
+        return harmonic_mean(self._samples)
 
     def _clear(self) -> None:
         self._samples.clear()
@@ -178,12 +184,7 @@ class WindowEstimator(RateEstimator):
             self._samples.popleft()
 
     def _value(self) -> float | None:
-        if not self._samples:
-            return None
-        rates = [r for _, r in self._samples]
-        if min(rates) <= 0:
-            return 0.0  # an outage in the window pulls the harmonic mean to zero
-        return len(rates) / sum(1.0 / r for r in rates)
+        return harmonic_mean([r for _, r in self._samples])
 
     def _clear(self) -> None:
         self._samples.clear()
