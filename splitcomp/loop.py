@@ -43,25 +43,33 @@ ski-rental rule), where a stalled server or a dead downlink used to cost the who
 An answer that did not come bounds the server's side from below (as its queueing delay) until
 the next report, so the device does not keep offloading into what it cannot see.
 
-**Probes.** Only policies that read the rate estimate (``Policy.needs_rate_estimate``) probe.
-When the estimate will be stale at the next request's due time (``estimator.needs_probe``),
+**Probes.** Only policies that read the rate estimate (``Policy.needs_rate_estimate``) probe:
 the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
-cross within a quarter of the probe's deadline, or before the due time) and the server
-acknowledges it with its report; at most one probe per ``estimator.max_age_s`` (per
-``HOPELESS_PROBE_AGES`` of them while no offloading cut would pay even at ``PROBE_UPSIDE`` times
-the estimate). Once it has an estimate, the device does not probe when the probe would hold a
-request back: the request is already waiting, or (while offloading could pay) the device became
-free too close to the due time for the smallest probe to cross and come back; an estimate
-``STALE_ESTIMATE_S`` old is probed all the same. A probe starts as late as it can while
-still ending by the due time if it succeeds within its deadline (``probe_timeout_s`` before the
-due time, or when the device becomes free if that is later), so it costs a request nothing
-unless it runs past the due time: that overrun is the request's ``probe_s``. A probe that has not
-been answered within ``probe_timeout_s`` (default: the model's device-only time, beyond which
-no offloading can pay) is abandoned. An abandoned upload (probe or request) feeds the estimator
-the bytes the link carried before the deadline, and bounds the estimate by its bytes over the
-time it had until an upload completes. A completed probe upload feeds the estimator (its bytes over the shaped transfer time,
-one-way delay taken off, as for requests); its answer updates the server report and the RTT
-estimate (round trip less the shaped upload).
+cross within a quarter of the probe's deadline, or before the due time; ``MIN_PROBE_BYTES``
+while there is no estimate, or one of zero) and the server acknowledges it with its report. There are two
+kinds, at most one probe per ``estimator.max_age_s`` in all:
+
+* *beside a device-only request*: when the estimate will be stale by the end of the
+  computation, the probe is sent while the device computes (the link is idle then), with
+  ``ALONGSIDE_PROBE_SHARE`` of the device-only time as its deadline; it costs the request
+  nothing, and a device kept busy on its own (a backlog, an outage) still sees the channel
+  come back. Should it outlast the computation, the next request cannot start before it ends
+  (that overrun is the next request's ``probe_s``).
+* *before a request*, when the estimate will be stale at its due time (``estimator.needs_probe``).
+  Once it has an estimate, the device does not send one that would hold the request back (the
+  request is already due, or the smallest probe could not cross and come back before it): the
+  probe beside the request, or the request's own upload, measures the link instead; an estimate
+  ``STALE_ESTIMATE_S`` old is probed all the same. Such a probe starts as late as it can while
+  still ending by the due time if it succeeds within its deadline (``probe_timeout_s`` before the
+  due time, or when the device becomes free if that is later), so it costs a request nothing
+  unless it runs past the due time: that overrun is the request's ``probe_s``.
+
+A probe that has not been answered within ``probe_timeout_s`` (default: the model's device-only
+time, beyond which no offloading can pay) is abandoned. An abandoned upload (probe or request)
+feeds the estimator the bytes the link carried before the deadline, and bounds the estimate by
+its bytes over the time it had until an upload completes. A completed probe upload feeds the
+estimator (its bytes over the shaped transfer time, one-way delay taken off, as for requests);
+its answer updates the server report and the RTT estimate (round trip less the shaped upload).
 """
 
 from __future__ import annotations
@@ -94,9 +102,14 @@ GIVE_UP_MIN_S = 0.002
 ANSWER_SLACK = 1.5
 ANSWER_MIN_EXTRA_S = 0.02
 MIN_PROBE_BYTES = 1024  # a probe sized to a low estimate still carries this much
-PROBE_UPSIDE = 4.0  # a rate this many times the estimate is within reach of the next probe
-HOPELESS_PROBE_AGES = 4  # probe this many times less often while offloading could not pay at that rate
 STALE_ESTIMATE_S = 5.0  # an estimate this old is probed even when the probe holds a request back
+# a probe sent while a request computes on the device gets this share of the device-only time as
+# its deadline, so that it is done before the computation is (the head's spread); tuned on the
+# tuning traces of experiments/bench_policies.py (0.6, 0.8, 1.0: 1.0300, 1.0297, 1.0319 x the oracle)
+ALONGSIDE_PROBE_SHARE = 0.8
+# below this a probe on a real link measures the pacer's and the socket's own overheads more than
+# the link, and a given-up probe costs the connection: no probe beside a computation that short
+MIN_ALONGSIDE_PROBE_S = 0.02
 
 
 @dataclass
@@ -168,15 +181,25 @@ class Transfer:
 
 
 @dataclass(frozen=True)
+class ProbeJob:
+    """A probe of ``nbytes`` of filler, given up ``deadline_s`` after it starts."""
+
+    nbytes: int
+    deadline_s: float
+
+
+@dataclass(frozen=True)
 class Job:
     """What the loop asks a backend to serve: request ``index`` at ``cut``; an upload or answer
-    that takes longer than ``deadline_s`` is abandoned and the request finished on the device."""
+    that takes longer than ``deadline_s`` is abandoned and the request finished on the device.
+    ``probe`` (device-only cuts only): a probe to send while the device computes."""
 
     index: int
     cut: CutProfile
     deadline_s: float
     give_up: GiveUp | None = None  # abandon the upload earlier when the device would finish sooner
     answer_wait_s: float | None = None  # stop waiting for the answer this long after the upload
+    probe: ProbeJob | None = None
 
 
 @dataclass
@@ -200,6 +223,7 @@ class Served:
     upload: Transfer | None = None
     prediction: int | None = None
     label: int | None = None
+    probe: ProbeResult | None = None  # the job's probe; the backend's clock is past its end too
 
 
 # What a backend measures of a request, copied into its RequestRecord under the same names.
@@ -237,7 +261,9 @@ class Backend(Protocol):
         """Send ``nbytes`` of filler and wait for the answer, at most ``deadline_s``."""
 
     def serve(self, job: Job) -> Served:
-        """Serve one request now; a failed exchange is finished on the device."""
+        """Serve one request now; a failed exchange is finished on the device. With ``job.probe``
+        (a device-only request), send that probe while the device computes; return once both
+        are done, with the request's own ``t_done``."""
 
 
 @dataclass
@@ -275,6 +301,7 @@ class RequestLoop:
         self.on_record: Callable[[RequestRecord], None] | None = None  # e.g. a progress bar
         self.next_due = 0.0
         self._prev_done = 0.0
+        self._probe_overrun: _Probe | None = None  # a probe beside the last request that outlasted it
         self._arrival_rng = np.random.default_rng([env.seed, 1])
 
     def run(self) -> list[RequestRecord]:
@@ -292,7 +319,7 @@ class RequestLoop:
         env.estimator.bind(env.uplink)
         self._arrival_rng = np.random.default_rng([env.seed, 1])
         self.backend.start()
-        self.next_due, self._prev_done = 0.0, 0.0
+        self.next_due, self._prev_done, self._probe_overrun = 0.0, 0.0, None
 
     def step(self) -> bool:
         """Serve the next request (due at ``next_due``); False when the run is over. Several loops
@@ -301,7 +328,8 @@ class RequestLoop:
         if i >= self.env.n_requests or not self.backend.has_input():
             return False
         t_due = self.next_due
-        probe = self._maybe_probe(t_due)
+        probe = self._maybe_probe(t_due) or self._probe_overrun
+        self._probe_overrun = None
         self.backend.wait_until(t_due)
         record = self._request(i, t_due, self._prev_done, probe)
         self.records.append(record)
@@ -320,15 +348,37 @@ class RequestLoop:
         now = backend.now()
         if now - self.last_probe_t < estimator.max_age_s or not backend.reachable():
             return None
-        could_pay = self._offloading_could_pay(now)
-        if not could_pay and now - self.last_probe_t < HOPELESS_PROBE_AGES * estimator.max_age_s:
-            return None
-        if self._probe_would_hold_back(now, t_due, could_pay):
+        if self._probe_would_hold_back(now, t_due):
             return None
         t_probe = max(now, t_due - self.probe_deadline_s)
         backend.wait_until(t_probe)
         self.last_probe_t = t_probe
         result = backend.probe(self._probe_bytes(t_probe, t_due), self.probe_deadline_s)
+        self._learn_probe(result)
+        return _Probe(t_probe, result.t_done)
+
+    def _probe_alongside(self, t: float, cut: CutProfile) -> ProbeJob | None:
+        """A probe to send while a request at ``cut`` computes on the device from ``t`` (the link
+        is idle then), or None: only beside device-only requests, when the estimate will be stale
+        by the time the computation ends, at most one per ``estimator.max_age_s``. Its deadline
+        is ``ALONGSIDE_PROBE_SHARE`` of that computation, so it delays nothing; none when that is
+        under ``MIN_ALONGSIDE_PROBE_S`` (a model that fast leaves no time to measure a real link).
+        This is how a device kept busy on its own (a backlog, an outage) still sees the channel
+        come back."""
+        estimator = self.env.estimator
+        if not (self.probing and cut.is_device_only) or t - self.last_probe_t < estimator.max_age_s:
+            return None
+        compute_s = cut.head_at(1)
+        if not estimator.needs_probe(t + compute_s):
+            return None
+        deadline_s = min(self.probe_deadline_s, ALONGSIDE_PROBE_SHARE * compute_s)
+        if deadline_s < MIN_ALONGSIDE_PROBE_S:
+            return None
+        self.last_probe_t = t
+        return ProbeJob(self._probe_bytes(t, t + deadline_s), deadline_s)
+
+    def _learn_probe(self, result: ProbeResult) -> None:
+        """Count a probe and learn from it: the rate, the server's report and the RTT."""
         self.stats.probes += 1
         self._learn(result.upload, result.report, result.t_done)
         if result.report is None:
@@ -336,53 +386,38 @@ class RequestLoop:
         elif result.rtt_s is not None:
             old = self.rtt_estimate_s
             self.rtt_estimate_s = result.rtt_s if old is None else RTT_WEIGHT * result.rtt_s + (1 - RTT_WEIGHT) * old
-        return _Probe(t_probe, result.t_done)
 
     def _rate_estimate(self, t: float) -> float | None:
         """The estimator's rate at ``t``, capped by the uploads abandoned since one completed."""
         return capped(self.env.estimator.estimate(t), self.in_flight.cap_bps(t))
 
-    def _probe_would_hold_back(self, now: float, t_due: float, could_pay: bool) -> bool:
+    def _probe_would_hold_back(self, now: float, t_due: float) -> bool:
         """Whether to skip a probe now because it would hold back the request due at ``t_due``:
-        the request is already waiting or, while offloading ``could_pay``, the device became free
-        too close to the due time for even ``MIN_PROBE_BYTES`` to cross at the estimate and back
-        before it (while it could not, the hopeless-channel rule thins the probes instead, or an
-        outage's end would go unseen). Never without an estimate, nor once the estimate is
-        ``STALE_ESTIMATE_S`` old (a device that is never idle must still learn when the channel
-        comes back), nor when the request is due the moment the device is free (closed-loop
-        arrivals leave no better moment). An estimate of zero counts as none."""
-        estimator = self.env.estimator
+        the device is free too late for even ``MIN_PROBE_BYTES`` to cross at the estimate and
+        come back before the due time (or the request is already due). The probe beside the
+        request, should it run on the device, or the request's own upload measures the link
+        instead. Never without an estimate (an estimate of zero counts as none), nor once it is
+        ``STALE_ESTIMATE_S`` old."""
         estimate = self._rate_estimate(now)
-        age = estimator.age(now)
+        age = self.env.estimator.age(now)
         if not estimate or age is None or age >= STALE_ESTIMATE_S:
             return False
-        if t_due < self._prev_done:  # due while the device was still busy (on the loop's own clock:
-            return True  # a real clock has moved on a little even when the request is due right now)
-        if not could_pay:
-            return False
-        needs_s = 8 * MIN_PROBE_BYTES / max(estimate, 1.0) + (self.rtt_estimate_s or 0.0)
-        return 0 < t_due - now < needs_s
+        return t_due - now < self._smallest_probe_s(estimate)
 
-    def _offloading_could_pay(self, t: float) -> bool:
-        """Whether some offloading cut would beat device-only (as the latency model predicts under
-        the last reported load) at ``PROBE_UPSIDE`` times the rate estimate: if not, a probe is
-        unlikely to change any choice, and the device probes ``HOPELESS_PROBE_AGES`` times less often."""
-        estimate = self._rate_estimate(t)
-        if not estimate:
-            return True
-        model, rtt = self.env.latency_model, self.rtt_estimate_s
-        alone = self.candidates[self.device_only].head_at(1)
-        return any(model.predict(cut, PROBE_UPSIDE * estimate, load=self.load, rtt_s=rtt).total_s < alone
-                   for cut in self.candidates if not cut.is_device_only)
+    def _smallest_probe_s(self, estimate_bps: float) -> float:
+        """How long ``MIN_PROBE_BYTES`` take to cross at ``estimate_bps`` and come back."""
+        return 8 * MIN_PROBE_BYTES / max(estimate_bps, 1.0) + (self.rtt_estimate_s or 0.0)
 
     def _probe_bytes(self, t: float, t_due: float) -> int:
         """``estimator.probe_bytes``, fewer when the estimate says they would not cross within a
         quarter of the probe's deadline (a probe that times out measures little and holds
-        requests back) or before the request due at ``t_due``: at least ``MIN_PROBE_BYTES``."""
+        requests back) or before the request due at ``t_due``: at least ``MIN_PROBE_BYTES``.
+        Without an estimate (or with one of zero), ``MIN_PROBE_BYTES``: such a probe holds the
+        request back for as long as it takes, at a rate nobody knows yet."""
         full = self.env.estimator.probe_bytes
         estimate = self._rate_estimate(t)
         if not estimate:
-            return full
+            return min(full, MIN_PROBE_BYTES)
         time_s = min(self.probe_deadline_s / 4, t_due - t - (self.rtt_estimate_s or 0.0))
         fits = int(estimate * time_s / 8)
         return max(min(full, MIN_PROBE_BYTES), min(full, fits))
@@ -456,7 +491,12 @@ class RequestLoop:
         predicted = self.env.latency_model.predict(cut, ctx.rate_estimate_bps, load=ctx.load,
                                                    rtt_s=ctx.rtt_estimate_s)
         served = self.backend.serve(Job(i, cut, self.env.timeout_s, self._give_up(cut, ctx.rate_estimate_bps),
-                                        self._answer_wait(cut, predicted)))
+                                        self._answer_wait(cut, predicted),
+                                        self._probe_alongside(t_start, cut) if reachable else None))
+        if served.probe is not None:
+            self._learn_probe(served.probe)
+            if served.probe.t_done > served.t_done:  # the link was busy beyond the request
+                self._probe_overrun = _Probe(served.t_done, served.probe.t_done)
         self._learn(served.upload, served.report, served.t_done)
         if served.failed and served.upload is not None and served.upload.completed:
             self._answer_was_late(served.downlink_s)

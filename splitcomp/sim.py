@@ -135,6 +135,17 @@ class SimBackend:
 
     # --- serving ------------------------------------------------------------------------------------
     def serve(self, job: Job) -> Served:
+        """The request; with ``job.probe``, that probe too, sent at the same moment (the device
+        computes while the link carries it): the clock then ends past both."""
+        t = self.t
+        probe = self._probe_at(t, job.probe.nbytes, job.probe.deadline_s) if job.probe is not None else None
+        served = self._serve_request(job)
+        if probe is not None:
+            served.probe = probe
+            self.t = max(self.t, probe.t_done)
+        return served
+
+    def _serve_request(self, job: Job) -> Served:
         cut, t = job.cut, self.t
         device_f, server_f = self._factors(cut)
         head_s = cut.head_at(1) * device_f
@@ -202,20 +213,22 @@ class SimBackend:
         return served
 
     def probe(self, nbytes: int, deadline_s: float) -> ProbeResult:
-        t = self.t
+        result = self._probe_at(self.t, nbytes, deadline_s)
+        self.t = result.t_done
+        return result
+
+    def _probe_at(self, t: float, nbytes: int, deadline_s: float) -> ProbeResult:
+        """A probe sent at ``t`` (the clock does not move)."""
         frame = self.model.frames.probe_bytes(nbytes)
         uplink_s = self._transfer(self.uplink, frame, t, deadline_s)
         if uplink_s > deadline_s:
-            self.t = t + deadline_s
-            return ProbeResult(self.t, self._abandoned(frame, t, deadline_s))
+            return ProbeResult(t + deadline_s, self._abandoned(frame, t, deadline_s))
         upload = Transfer(frame, uplink_s - self._half_rtt(t), t)
         answer_s = self._transfer(self.downlink, self.model.frames.probe_ack, t + uplink_s, deadline_s)
         if uplink_s + answer_s > deadline_s:
-            self.t = t + deadline_s
-            return ProbeResult(self.t, upload)
-        self.t = t + uplink_s + answer_s
+            return ProbeResult(t + deadline_s, upload)
         report = self._probe_report(t + uplink_s)
-        return ProbeResult(self.t, upload, report, rtt_s=uplink_s + answer_s - upload.seconds)
+        return ProbeResult(t + uplink_s + answer_s, upload, report, rtt_s=uplink_s + answer_s - upload.seconds)
 
     def _probe_report(self, t: float) -> ServerReport:
         """What the server says about itself to a probe reaching it at ``t``."""

@@ -13,6 +13,10 @@ clock:
   ``downlink_s`` is the rest of the wait for the answer (the server's encoding, the paced
   transfer with its delay, reading and decoding it on the device).
 
+A probe beside a device-only request (``Job.probe``) goes from a second thread while this one
+computes: the emulated device stretches the computing thread's own CPU time
+(:func:`~splitcomp.profile.timing.run_on_device`), so the probe's thread does not lengthen it.
+
 The connection is opened lazily, when a request or probe first needs the server: a run that
 starts while the server is unreachable runs on the device and keeps retrying (with a growing
 back-off after each failed connection). After any failed exchange the connection is closed (its
@@ -33,6 +37,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +129,8 @@ class SocketBackend:
         self.budget_bytes = reference_budget_bytes
         self.uplink_pacers: dict[float, Any] = {}
         self.references = _References(parts.device, reference_budget_bytes)
+        # sends a job's probe while the device computes (the link is idle then)
+        self.prober = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitcomp-probe")
 
     # --- the clock -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -203,6 +210,19 @@ class SocketBackend:
 
     # --- requests ------------------------------------------------------------------------------
     def serve(self, job: Job) -> Served:
+        """One request; with ``job.probe`` (a device-only request), that probe goes from a second
+        thread while this one computes, and the request returns once both are done."""
+        if job.probe is None:
+            return self._serve_request(job)
+        probe = self.prober.submit(self.probe, job.probe.nbytes, job.probe.deadline_s)
+        try:
+            served = self._serve_request(job)
+        finally:
+            result = probe.result()  # the connection is the probe's until it is done
+        served.probe = result
+        return served
+
+    def _serve_request(self, job: Job) -> Served:
         """One request; each part is a lap of one stopwatch on the scenario clock, so together
         they cover all of it."""
         watch = _Laps(self.clock)
@@ -261,6 +281,7 @@ class SocketBackend:
         return Served(self.clock.now(), prediction=prediction, label=int(label), **parts)
 
     def close(self) -> None:
+        self.prober.shutdown(wait=True)
         self.reconnector.close()
 
 
