@@ -3,14 +3,10 @@ as the device would finish sooner, long before the link's ``max_transfer_s``, an
 falls back (MobileNetV3-small at 64 px on a slow device, a shaped link, a hand-made outage)."""
 
 import pytest
-
-from splitcomp.build import socket_bench
+from slow_device import real_and_sim
 
 TIMEOUT_S = 2.0
-SCENARIO = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset.image_size=64", "link=shaped",
-            "link.delay_s=0.002", f"link.max_transfer_s={TIMEOUT_S}", "device.slowdown=10", "server_load=none",
-            "profile.batch_sizes=[1]", "profile.repeats=3", "estimator=ewma", "estimator.fast_drop=true",
-            "profile.check=false",  # the give-up is tested here; a busy machine may fail the profile checks
+SCENARIO = [f"link.max_transfer_s={TIMEOUT_S}", "estimator.fast_drop=true",
             # 1 Gbit/s, then a dead channel from 0.5 s on
             "channel=step", "channel.steps=[[0,1e9],[0.5,0],[50,1e9]]",
             "arrivals=periodic", "arrivals.interval_s=0.1", "dataset.limit=10"]
@@ -18,9 +14,7 @@ SCENARIO = ["model=torchvision", "model.name=mobilenet_v3_small", "dataset.image
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("give_up")
-    with socket_bench([*SCENARIO, f"profile.cache_dir={tmp / 'profiles'}"], tmp / "run") as bench:
-        return {"real": bench.run("dynamic"), "sim": bench.simulate("dynamic", noise=0.0)}
+    return real_and_sim(SCENARIO, tmp_path_factory.mktemp("give_up"))
 
 
 def test_an_upload_into_an_outage_is_given_up_long_before_its_deadline(runs):
@@ -44,10 +38,7 @@ def slowed_server_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("late_answer")
     (tmp / "slowdown.csv").write_text("t_s,slowdown\n0,1\n0.5,150\n")
     fast = [o for o in SCENARIO if not o.startswith("channel.steps")] + ["channel.steps=[[0,1e9]]"]
-    overrides = [*fast, "server_load=trace", f"server_load.path={tmp / 'slowdown.csv'}",
-                 f"profile.cache_dir={tmp / 'profiles'}"]
-    with socket_bench(overrides, tmp / "run") as bench:
-        return {"real": bench.run("dynamic"), "sim": bench.simulate("dynamic", noise=0.0)}
+    return real_and_sim([*fast, "server_load=trace", f"server_load.path={tmp / 'slowdown.csv'}"], tmp)
 
 
 def test_an_answer_from_a_stalled_server_is_given_up_long_before_the_deadline(slowed_server_runs):
