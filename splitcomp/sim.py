@@ -137,8 +137,7 @@ class SimBackend:
     def serve(self, job: Job) -> Served:
         """The request; with ``job.probe``, that probe too, sent at the same moment (the device
         computes while the link carries it): the clock then ends past both."""
-        t = self.t
-        probe = self._probe_at(t, job.probe.nbytes, job.probe.deadline_s) if job.probe is not None else None
+        probe = self._probe_at(self.t, job.probe.nbytes, job.probe.deadline_s) if job.probe is not None else None
         served = self._serve_request(job)
         if probe is not None:
             served.probe = probe

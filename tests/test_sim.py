@@ -396,3 +396,21 @@ def test_closed_loop_on_a_real_clock_probes_beside_the_requests_and_holds_none_b
     assert all(r["cut_name"] == "output" for r in records[5:])
     assert stats["probes"] >= records[-1]["t_start"] / 0.2 / 2  # about one per max age (12 s: 30+)
     assert all(r["probe_s"] == 0 for r in records[1:])
+
+
+def test_a_device_too_fast_to_probe_beside_its_requests_probes_a_stale_estimate_all_the_same():
+    """A device 5x faster (device-only 16 ms, too short to measure a link beside it) with a
+    growing backlog at 2 Mbit/s, where device-only wins: every request is already due when the
+    device is free, so the probes before them are skipped until the estimate is
+    ``STALE_ESTIMATE_S`` old; then one holds a request back."""
+    from splitcomp.loop import STALE_ESTIMATE_S
+
+    fast = [dataclasses.replace(c, head_s={b: h / 5 for b, h in c.head_s.items()}) for c in candidates()]
+    run = env(Trace([0.0], [2e6], 30.0), n=700, arrivals=Periodic(0.01), estimator=EwmaEstimator(max_age_s=0.2))
+    run = dataclasses.replace(run, candidates=fast, latency_model=LatencyModel(Profiles({}, fast), rtt_s=0.01))
+    stats = {}
+    records = simulate_env(run, stats=stats)
+    assert all(r["cut_name"] == "output" for r in records)
+    held = [r for r in records[1:] if r["probe_s"] > 0]
+    assert 1 <= len(held) <= records[-1]["t_start"] / STALE_ESTIMATE_S + 1
+    assert stats["probes"] == len(held) + 1  # the first measurement, then only the stale ones
