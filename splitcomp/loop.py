@@ -46,8 +46,8 @@ the next report, so the device does not keep offloading into what it cannot see.
 **Probes.** Only policies that read the rate estimate (``Policy.needs_rate_estimate``) probe:
 the device sends ``estimator.probe_bytes`` of filler (fewer when the estimate says they would not
 cross within a quarter of the probe's deadline, or before the due time; ``MIN_PROBE_BYTES``
-while there is no estimate, or one of zero) and the server acknowledges it with its report. There are two
-kinds, at most one probe per ``estimator.max_age_s`` in all:
+while there is no estimate, or one of zero) and the server acknowledges it with its report.
+There are two kinds, at most one probe per ``estimator.max_age_s`` in all:
 
 * *beside a device-only request*: when the estimate will be stale by the end of the
   computation, the probe is sent while the device computes (the link is idle then), with
@@ -84,7 +84,7 @@ import numpy as np
 
 from splitcomp.errors import ConfigError
 from splitcomp.link.shaping import GiveUp
-from splitcomp.policy.base import DecisionContext, Policy, device_only_index
+from splitcomp.policy.base import DecisionContext, Policy, device_only_index, device_rest_s
 from splitcomp.policy.estimators import InFlight, RateEstimator, capped
 from splitcomp.profile.latency import CutProfile, LatencyBreakdown, LatencyModel
 from splitcomp.profile.queueing import TrueLoad
@@ -458,10 +458,6 @@ class RequestLoop:
         """Whether an exchange at ``cut`` may be given up early (see the module docstring)."""
         return self.env.give_up and self.env.policy.needs_rate_estimate and not cut.is_device_only
 
-    def _device_rest_s(self, cut: CutProfile) -> float:
-        """What the device needs to finish a request at ``cut`` alone, its head already run."""
-        return max(0.0, self.candidates[self.device_only].head_at(1) - cut.head_at(1))
-
     def _give_up(self, cut: CutProfile, rate_estimate_bps: float | None) -> GiveUp | None:
         """The give-up rule of an upload at ``cut`` chosen with ``rate_estimate_bps`` (see the
         module docstring), or None when it does not apply."""
@@ -469,7 +465,7 @@ class RequestLoop:
             return None
         rate = rate_estimate_bps or 0.0
         expected_s = 8.0 * self.env.latency_model.request_bytes(cut) / rate if rate > 0 else 0.0
-        return GiveUp(after_s=GIVE_UP_SLACK * expected_s + GIVE_UP_MIN_S, device_rest_s=self._device_rest_s(cut))
+        return GiveUp(after_s=GIVE_UP_SLACK * expected_s + GIVE_UP_MIN_S, device_rest_s=device_rest_s(self.candidates, cut))
 
     def _answer_wait(self, cut: CutProfile, predicted: LatencyBreakdown) -> float | None:
         """How long after its upload the device waits for the answer at ``cut`` before finishing
@@ -479,7 +475,7 @@ class RequestLoop:
         expected_s = predicted.decode_s + predicted.queue_s + predicted.server_s + predicted.downlink_s + predicted.rtt_s
         if not math.isfinite(expected_s):
             return None
-        extra_s = max(ANSWER_MIN_EXTRA_S, self._device_rest_s(cut))
+        extra_s = max(ANSWER_MIN_EXTRA_S, device_rest_s(self.candidates, cut))
         return min(self.env.timeout_s, ANSWER_SLACK * expected_s + extra_s)
 
     def _request(self, i: int, t_due: float, prev_done: float, probe: _Probe | None) -> RequestRecord:

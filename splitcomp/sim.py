@@ -34,7 +34,7 @@ import numpy as np
 from splitcomp.errors import ConfigError
 from splitcomp.link.shaping import pace
 from splitcomp.loop import Job, ProbeResult, RunEnv, Served, Transfer, run_requests
-from splitcomp.policy.base import Policy, device_only_index
+from splitcomp.policy.base import Policy, device_rest_s
 from splitcomp.policy.estimators import RateEstimator
 from splitcomp.profile.latency import CutProfile, LatencyModel
 from splitcomp.records import RECORD_FIELDS, RequestRecord, ServerReport
@@ -78,7 +78,6 @@ class SimBackend:
         self.model = env.latency_model
         self.uplink, self.downlink = env.uplink, env.downlink or env.uplink
         self.true_load = env.true_load()
-        self.device_only_s = env.candidates[device_only_index(env.candidates)].head_at(1)
         self.noise = None if noise is None else float(noise)
         self.noise_rng = np.random.default_rng([env.seed, 2])
         self.t = 0.0
@@ -204,7 +203,7 @@ class SimBackend:
 
     def _fallback(self, cut: CutProfile, t_failed: float, device_f: float, device_s: float, **parts: Any) -> Served:
         """The exchange failed at ``t_failed``: the device runs the rest of the model."""
-        rest_s = max(0.0, self.device_only_s - cut.head_at(1)) * device_f
+        rest_s = device_rest_s(self.env.candidates, cut) * device_f
         return self._done(Served(t_failed + rest_s, device_s=device_s + rest_s, failed=True, **parts))
 
     def _done(self, served: Served) -> Served:

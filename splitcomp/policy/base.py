@@ -86,6 +86,12 @@ def device_only_index(candidates: list[CutProfile]) -> int:
     return len(candidates) - 1
 
 
+def device_rest_s(candidates: list[CutProfile], cut: CutProfile) -> float:
+    """What the device needs to finish a request at ``cut`` alone, its head already run: the
+    device-only time less the head."""
+    return max(0.0, candidates[device_only_index(candidates)].head_at(1) - cut.head_at(1))
+
+
 def full_offload_index(candidates: list[CutProfile]) -> int:
     """Index of the full-offloading candidate (the first one when none is flagged)."""
     for i, cut in enumerate(candidates):
